@@ -1,0 +1,1 @@
+"""flowserve client: talk to a flowserve service over HTTP (httpx + numpy only)."""

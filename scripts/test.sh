@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up a development environment (idempotent) and run lint + the test suite.
+# Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# torch first, pinned: on CPU-only machines this is the CPU build (a bare "torch" pulls CUDA).
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[dev]"
+python -m pip install -q -e clients/python --no-deps
+ruff check .
+ruff format --check .
+python -m pytest "$@"

@@ -1,0 +1,1 @@
+"""The serving side: FastAPI + ONNX Runtime, no torch."""
