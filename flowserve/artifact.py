@@ -44,8 +44,10 @@ __all__ = [
     "Preprocessing",
     "calibration_levels",
     "load_manifest",
+    "next_version",
     "sha256_file",
     "verify_artifact",
+    "version_dirs",
     "write_manifest",
 ]
 
@@ -283,3 +285,16 @@ def verify_artifact(directory: Path) -> Manifest:
                 f"file {actual[:12]}…): the artifact is corrupted or was modified"
             )
     return manifest
+
+
+def version_dirs(root: Path, name: str) -> dict[int, Path]:
+    """The version directories ``<root>/<name>/<int>/`` that exist, by version number."""
+    base = Path(root) / name
+    if not base.is_dir():
+        return {}
+    return {int(p.name): p for p in base.iterdir() if p.is_dir() and p.name.isdigit()}
+
+
+def next_version(root: Path, name: str) -> int:
+    """The next free version number for ``name`` under ``root`` (1 for a new name)."""
+    return max(version_dirs(root, name), default=0) + 1
