@@ -1,16 +1,18 @@
-"""Small conditioner networks shared by the flow families.
+"""Small conditioner networks and numeric helpers shared by the flow families.
 
 Coupling and autoregressive layers predict their transform's parameters with a network; this
-module builds the plain multi-layer perceptron they share.
+module builds the plain multi-layer perceptron they share, and the soft clamp that keeps the
+predicted parameters bounded (so that extreme inputs cannot overflow through many layers).
 """
 
 from __future__ import annotations
 
 from itertools import pairwise
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-__all__ = ["mlp"]
+__all__ = ["mlp", "soft_clamp"]
 
 
 def mlp(
@@ -57,3 +59,20 @@ def mlp(
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
     return nn.Sequential(*layers)
+
+
+def soft_clamp(x: Tensor, bound: float) -> Tensor:
+    """A smooth clamp to ``(-bound, bound)``: ``bound * tanh(x / bound)``.
+
+    Close to the identity for ``|x| << bound`` and differentiable everywhere, unlike
+    :func:`torch.clamp`, so training never sees a dead gradient at the edge.
+
+    Arguments:
+        x: The values to clamp.
+        bound: The (positive) bound.
+
+    Example:
+        >>> soft_clamp(torch.tensor([0.0, 1e6]), 3.0)
+        tensor([0., 3.])
+    """
+    return bound * torch.tanh(x / bound)
