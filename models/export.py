@@ -86,6 +86,9 @@ ROUNDTRIP_TOL = 1e-3
 # Rows of the holdout used for the parity and round-trip checks (calibration uses every row).
 PARITY_ROWS = 1024
 _BATCH = 4096
+# Parity runs ONNX in chunks of an odd size, unlike the traced example batch (8), so a batch
+# axis frozen at trace time cannot pass unnoticed.
+_PARITY_BATCH = 37
 
 
 class ExportError(Exception):
@@ -171,7 +174,7 @@ def _export_dynamo(
         dynamo=True,
         input_names=[inp],
         output_names=outs,
-        dynamic_shapes={inp: {0: batch}},
+        dynamic_shapes=({0: batch},),
         opset_version=OPSET,
         external_data=False,
         optimize=True,
@@ -180,15 +183,17 @@ def _export_dynamo(
     program.save(str(path), external_data=False)
 
 
-def _check_batch_axis(path: Path, inp: str, dim: int) -> None:
+def _check_batch_axis(path: Path, inp: str, example: Tensor) -> None:
     """The graph must run at batch sizes other than the traced one (dynamic batch axis)."""
     sess = onnx_session(path)
     for n in (1, 37):
-        rows = np.zeros((n, dim), dtype=np.float32)
-        outs = sess.run(None, {inp: rows})
-        for out in outs:
+        rows = example[:1].repeat(n, 1).numpy()
+        for out in sess.run(None, {inp: rows}):
             if out.shape[0] != n:
-                raise ExportError(f"{path.name}: batch axis is not dynamic ({out.shape} for {n})")
+                raise ExportError(
+                    f"{path.name}: the batch axis is not dynamic (output {list(out.shape)} "
+                    f"for a batch of {n})"
+                )
 
 
 def export_onnx(module: nn.Module, example: Tensor, path: Path, inp: str, outs: list[str]) -> str:
@@ -205,7 +210,7 @@ def export_onnx(module: nn.Module, example: Tensor, path: Path, inp: str, outs: 
                 warnings.simplefilter("ignore")
                 with redirect_stderr(io.StringIO()):
                     fn(module, example, path, inp, outs)
-            _check_batch_axis(path, inp, example.shape[1])
+            _check_batch_axis(path, inp, example)
             return name
         except Exception as e:
             errors.append(f"{name} exporter: {type(e).__name__}: {_first_line(e)}")
@@ -218,10 +223,10 @@ def _first_line(e: BaseException) -> str:
     return text[0][:300] if text else ""
 
 
-def _run_batched(fn: Any, rows: np.ndarray) -> list[np.ndarray]:
+def _run_batched(fn: Any, rows: np.ndarray, batch: int = _BATCH) -> list[np.ndarray]:
     parts: list[list[np.ndarray]] = []
-    for start in range(0, rows.shape[0], _BATCH):
-        parts.append(list(fn(rows[start : start + _BATCH])))
+    for start in range(0, rows.shape[0], batch):
+        parts.append(list(fn(rows[start : start + batch])))
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
@@ -355,9 +360,17 @@ def export_artifact(
     with torch.no_grad():
         z_ref_t, lp_ref_t = fwd(x_check)
     lp_ref = lp_ref_t.numpy().astype(np.float64)
+    bad = int(np.sum(~np.isfinite(lp_ref)))
+    if bad:
+        raise ExportError(
+            f"torch log_prob itself is not finite on {bad} of {len(lp_ref)} holdout rows: "
+            "the flow is broken (NaN/inf) before any export"
+        )
 
     fsess, isess = onnx_session(out_dir / FORWARD_GRAPH), onnx_session(out_dir / INVERSE_GRAPH)
-    z_onnx, lp_onnx = _run_batched(lambda b: fsess.run(["z", "log_prob"], {"x": b}), check)
+    z_onnx, lp_onnx = _run_batched(
+        lambda b: fsess.run(["z", "log_prob"], {"x": b}), check, _PARITY_BATCH
+    )
     lp_diff = np.abs(lp_onnx.astype(np.float64) - lp_ref)
     allowed = LOG_PROB_ATOL + LOG_PROB_RTOL * np.abs(lp_ref)
     lp_tol = float(LOG_PROB_ATOL + LOG_PROB_RTOL * np.max(np.abs(lp_ref)))
@@ -370,7 +383,9 @@ def export_artifact(
             f"tolerance {LOG_PROB_ATOL:g} + {LOG_PROB_RTOL:g}*|log_prob|"
         )
 
-    (x_back,) = _run_batched(lambda b: isess.run(["x"], {"z": b}), z_onnx.astype(np.float32))
+    (x_back,) = _run_batched(
+        lambda b: isess.run(["x"], {"z": b}), z_onnx.astype(np.float32), _PARITY_BATCH
+    )
     scale = _feature_scale(model, dim)
     rt_err = np.abs(x_back.astype(np.float64) - check.astype(np.float64)) / scale
     rt_max = float(np.max(rt_err)) if np.all(np.isfinite(rt_err)) else float("inf")
@@ -441,7 +456,7 @@ def export_artifact(
         torchscript=ts_file,
         opset=OPSET,
         files=files,
-        library_versions=_library_versions(),
+        library_versions={**_library_versions(), "onnx_exporter": exporters["forward"]},
         training_config=dict(training_config or {}),
     )
     write_manifest(out_dir, manifest)
