@@ -1,0 +1,494 @@
+"""Training a flow with PyTorch Lightning, from data to an exported artifact.
+
+:func:`train` is the whole pipeline behind ``flowserve train``: load and validate the data, fit
+the standardization on the training split (it becomes part of the flow), fit the flow by maximum
+likelihood, restore the best checkpoint (lowest validation NLL), write the report and export the
+artifact to ``<out>/<name>/<version>/``.
+
+The loop is a plain :class:`lightning.Trainer`: progress bar, early stopping on validation NLL,
+best and last checkpoints (``--resume`` takes either), gradient clipping, a cosine or plateau LR
+schedule and seeded, deterministic runs. ``accelerator``, ``devices``, ``strategy`` and
+``num_nodes`` pass straight through, so DDP across GPUs and nodes needs no code here; only global
+rank zero writes the report and the artifact.
+
+Example:
+    >>> import numpy as np, tempfile
+    >>> x = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    >>> result = train(x, family="realnvp", name="demo", out=tempfile.mkdtemp(), epochs=2,
+    ...                layers=2, hidden=8, progress=False, torchscript=False)
+    >>> result.manifest.dim
+    2
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from flowserve.artifact import Manifest, Metrics, Preprocessing, next_version
+from flowserve.models.base import FAMILIES, Flow, Standardize, build_flow, families
+from flowserve.models.config import (
+    ConfigError,
+    TrainConfig,
+    flow_hparams,
+    load_config_file,
+    resolve_config,
+)
+from flowserve.models.data import PreparedData, prepare_data
+from flowserve.models.export import export_artifact
+from flowserve.models.report import write_report
+
+__all__ = [
+    "FitResult",
+    "FlowDataModule",
+    "FlowModule",
+    "TrainResult",
+    "TrainingError",
+    "build_model",
+    "evaluate_nll",
+    "export_trained",
+    "fit_flow",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+# Rows of the training split pushed through the flow once before training: data-dependent
+# initializations (Glow's actnorm) see a real batch, the same one on every DDP rank.
+INIT_ROWS = 1024
+
+
+class TrainingError(RuntimeError):
+    """Training ran but produced no usable model (e.g. the loss diverged)."""
+
+
+class FlowModule(L.LightningModule):
+    """Maximum-likelihood training of a :class:`Flow`; logs ``train_nll`` and ``val_nll``.
+
+    The per-epoch NLLs are exact row-weighted means over every rank; ``history`` (one dict per
+    epoch) travels inside checkpoints, so a resumed run continues its loss curve.
+    """
+
+    def __init__(self, flow: Flow, config: TrainConfig) -> None:
+        super().__init__()
+        self.flow = flow
+        self.config = config
+        self.history: list[dict[str, float]] = []
+        self._sums: dict[str, list[Tensor]] = {"train": [], "val": []}
+
+    def _nll(self, batch: list[Tensor], split: str) -> Tensor:
+        (x,) = batch
+        nll = -self.flow.log_prob(x)
+        self._sums[split].append(torch.stack([nll.detach().sum(), nll.new_tensor(x.shape[0])]))
+        return nll.mean()
+
+    def on_train_epoch_start(self) -> None:
+        self._sums["train"] = []
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        return self._nll(batch, "train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums["val"] = []
+
+    def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        self._nll(batch, "val")
+
+    def _epoch_mean(self, split: str) -> float:
+        parts = self._sums[split]
+        total = torch.stack(parts).sum(0) if parts else torch.zeros(2, device=self.device)
+        total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        return float(total[0] / total[1]) if total[1] > 0 else math.nan
+
+    def on_validation_epoch_end(self) -> None:
+        # Runs at the end of each training epoch, before checkpoints are written, so the
+        # checkpoint of epoch k holds the history up to and including epoch k.
+        val = self._epoch_mean("val")
+        train = self._epoch_mean("train")
+        if not self.trainer.sanity_checking:
+            self.history.append(
+                {
+                    "epoch": int(self.current_epoch),
+                    "train_nll": train,
+                    "val_nll": val,
+                    "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
+                }
+            )
+        self.log("val_nll", val, prog_bar=True)
+        self.log("train_nll", train, prog_bar=True)
+
+    def configure_optimizers(self) -> Any:
+        cfg = self.config
+        opt = torch.optim.Adam(self.flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if cfg.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, factor=0.5, patience=max(1, cfg.patience // 3)
+            )
+            return {
+                "optimizer": opt,
+                "lr_scheduler": {"scheduler": sched, "monitor": "val_nll", "interval": "epoch"},
+            }
+        return opt
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["history"] = list(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = list(checkpoint.get("history", []))
+
+
+class FlowDataModule(L.LightningDataModule):
+    """Train and validation rows as shuffled (seeded) mini-batches."""
+
+    def __init__(self, train: np.ndarray, val: np.ndarray, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.train_x = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32))
+        self.val_x = torch.from_numpy(np.ascontiguousarray(val, dtype=np.float32))
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def train_dataloader(self) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        # Keep the last partial batch unless it would be a single row (noisy step).
+        drop_last = len(self.train_x) % self.batch_size == 1
+        return DataLoader(
+            TensorDataset(self.train_x),
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=gen,
+            drop_last=drop_last,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(self.val_x), batch_size=max(self.batch_size, 1024))
+
+
+@dataclass
+class FitResult:
+    """What a fit produced; ``flow`` holds the best checkpoint's weights."""
+
+    flow: Flow
+    history: list[dict[str, float]]
+    best_epoch: int | None
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    is_global_zero: bool
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """The artifact a :func:`train` call wrote, and how well the model fits."""
+
+    artifact_dir: Path
+    manifest: Manifest
+    metrics: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def build_model(config: TrainConfig, prepared: PreparedData) -> Flow:
+    """Build ``config.family`` with its hyper-parameters and the fitted standardization."""
+    if config.family not in FAMILIES:
+        raise ConfigError(f"unknown flow family {config.family!r}; known: {', '.join(families())}")
+    hparams = flow_hparams(config, FAMILIES[config.family])
+    try:
+        flow = build_flow(config.family, dim=prepared.dim, **hparams)
+    except TypeError as e:
+        raise ConfigError(f"family {config.family!r} does not accept these options: {e}") from e
+    scale = Standardize(torch.from_numpy(prepared.mean), torch.from_numpy(prepared.scale))
+    return flow.set_preprocess(scale)
+
+
+@torch.no_grad()
+def _data_dependent_init(flow: Flow, train: np.ndarray) -> None:
+    flow.train()
+    flow.log_prob(torch.from_numpy(np.ascontiguousarray(train[:INIT_ROWS], dtype=np.float32)))
+
+
+@torch.no_grad()
+def evaluate_nll(flow: Flow, rows: np.ndarray, batch: int = 4096) -> float:
+    """Mean negative log-likelihood (nats per row) of raw ``rows`` under ``flow``."""
+    flow.eval().cpu()
+    total = 0.0
+    for start in range(0, len(rows), batch):
+        x = torch.from_numpy(np.ascontiguousarray(rows[start : start + batch], dtype=np.float32))
+        total += float(-flow.log_prob(x).double().sum())
+    return total / max(len(rows), 1)
+
+
+def _devices(value: str | int) -> str | int:
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+def fit_flow(
+    flow: Flow,
+    prepared: PreparedData,
+    config: TrainConfig,
+    checkpoint_dir: Path,
+    *,
+    resume: Path | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Fit ``flow`` on ``prepared`` with Lightning and load the best checkpoint's weights."""
+    started = time.perf_counter()
+    if resume is not None and not Path(resume).is_file():
+        raise ConfigError(f"{resume}: no such checkpoint to resume from")
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    _data_dependent_init(flow, prepared.train)
+    module = FlowModule(flow, config)
+    best = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="best",
+        monitor="val_nll",
+        mode="min",
+        save_top_k=1,
+        save_last=True,
+    )
+    callbacks: list[L.Callback] = [
+        best,
+        EarlyStopping(monitor="val_nll", mode="min", patience=config.patience, check_finite=True),
+    ]
+    if progress:
+        callbacks.append(TQDMProgressBar(leave=True))
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=_devices(config.devices),
+        strategy=config.strategy,
+        num_nodes=config.num_nodes,
+        gradient_clip_val=config.grad_clip or None,
+        deterministic="warn",
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=checkpoint_dir,
+    )
+    data = FlowDataModule(prepared.train, prepared.val, config.batch_size, config.seed)
+    with warnings.catch_warnings():
+        # Tiny tabular data: Lightning's advice on dataloader workers does not apply.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    best_path = Path(best.best_model_path) if best.best_model_path else None
+    last_path = checkpoint_dir / "last.ckpt"
+    history: list[dict[str, float]] = []
+    best_epoch = None
+    flow = flow.cpu()
+    if trainer.is_global_zero:
+        if best_path is None or not best_path.is_file():
+            raise TrainingError(
+                "training produced no finite validation NLL (the loss diverged); "
+                "try a lower --lr or a smaller model"
+            )
+        ckpt = torch.load(best_path, map_location="cpu", weights_only=False)
+        module.load_state_dict(ckpt["state_dict"])
+        best_epoch = int(ckpt["epoch"])
+        if last_path.is_file():
+            history = torch.load(last_path, map_location="cpu", weights_only=False)["history"]
+        else:
+            history = list(ckpt.get("history", []))
+    flow.eval()
+    return FitResult(
+        flow=flow,
+        history=history,
+        best_epoch=best_epoch,
+        best_checkpoint=best_path,
+        last_checkpoint=last_path if last_path.is_file() else None,
+        is_global_zero=trainer.is_global_zero,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _metrics(flow: Flow, prepared: PreparedData, fit: FitResult) -> dict[str, Any]:
+    nll = {
+        split: evaluate_nll(flow, rows)
+        for split, rows in (
+            ("train", prepared.train),
+            ("val", prepared.val),
+            ("test", prepared.test),
+        )
+    }
+    for split, value in nll.items():
+        if not math.isfinite(value):
+            raise TrainingError(f"the trained model's {split} NLL is not finite ({value})")
+    bits = nll["test"] / (prepared.dim * math.log(2.0))
+    return {
+        "train_nll": nll["train"],
+        "val_nll": nll["val"],
+        "test_nll": nll["test"],
+        "test_bits_per_dim": bits,
+        "epochs": len(fit.history),
+        "best_epoch": fit.best_epoch,
+        "train_rows": len(prepared.train),
+        "val_rows": len(prepared.val),
+        "test_rows": len(prepared.test),
+        "dropped_rows": prepared.dropped_rows,
+        "dim": prepared.dim,
+        "training_seconds": round(fit.seconds, 2),
+    }
+
+
+def export_trained(
+    fit: FitResult,
+    prepared: PreparedData,
+    config: TrainConfig,
+    out: Path,
+    name: str,
+    version: int | None = None,
+    *,
+    torchscript: bool = True,
+) -> TrainResult:
+    """Write the report and the artifact to ``out/name/version`` (the next free version).
+
+    Everything is written to a staging directory that is renamed into place only after the
+    export verified itself, so a failed export never leaves a half-written version behind.
+    """
+    out = Path(out)
+    version = next_version(out, name) if version is None else int(version)
+    final = out / name / str(version)
+    if final.exists():
+        raise ConfigError(f"{final} already exists; choose another --version or --name")
+    staging = out / name / f".staging-{version}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    flow = fit.flow
+    try:
+        metrics = _metrics(flow, prepared, fit)
+        config_dict = config.to_dict()
+        config_dict["flow"] = {"family": flow.family, **flow.hparams}
+        config_dict["data"] = {"source": prepared.source, "feature_names": prepared.feature_names}
+        write_report(
+            staging,
+            metrics=metrics,
+            history=fit.history,
+            best_epoch=fit.best_epoch,
+            data=prepared.train,
+            samples=flow.sample(min(2000, len(prepared.train)), seed=config.seed).numpy(),
+            feature_names=prepared.feature_names,
+            config=config_dict,
+        )
+        manifest = export_artifact(
+            flow,
+            staging,
+            name=name,
+            version=version,
+            feature_names=prepared.feature_names,
+            holdout=prepared.test,
+            metrics=Metrics(
+                train_nll=metrics["train_nll"],
+                val_nll=metrics["val_nll"],
+                test_nll=metrics["test_nll"],
+                bits_per_dim=metrics["test_bits_per_dim"],
+                epochs=metrics["epochs"],
+                train_rows=metrics["train_rows"],
+            ),
+            preprocessing=Preprocessing(
+                standardize_mean=prepared.mean.tolist(),
+                standardize_scale=prepared.scale.tolist(),
+                nan_policy=prepared.nan_policy,
+            ),
+            training_config=config_dict,
+            torchscript=torchscript,
+        )
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return TrainResult(final, manifest, metrics, config_dict)
+
+
+def train(
+    data: Path | str | np.ndarray | pd.DataFrame,
+    *,
+    family: str | None = None,
+    name: str = "model",
+    out: Path | str = "artifacts",
+    version: int | None = None,
+    columns: list[str] | None = None,
+    id_column: str | None = None,
+    config_file: Path | str | None = None,
+    resume: Path | str | None = None,
+    checkpoint_dir: Path | str | None = None,
+    progress: bool = True,
+    torchscript: bool = True,
+    params: dict[str, Any] | None = None,
+    **hparams: Any,
+) -> TrainResult | None:
+    """Train a flow on ``data`` and export it to ``out/name/<version>/``.
+
+    Arguments:
+        data: A data file (CSV, Parquet, NPY, NPZ) or an in-memory array / data frame.
+        family: The flow family (default :data:`flowserve.models.config.DEFAULT_FAMILY`).
+        name: The model name in the repository.
+        out: The model repository root.
+        version: The version to write (default: the next free one).
+        columns: Feature columns to use (default: all but ``id_column``).
+        id_column: A row-identifier column, excluded from the features.
+        config_file: A TOML/YAML config; ``family``, ``params`` and ``hparams`` override it.
+        resume: A Lightning checkpoint (``best.ckpt``/``last.ckpt``) to continue from.
+        checkpoint_dir: Where checkpoints go (default ``out/name/.checkpoints/<version>``).
+        progress: Show a progress bar.
+        torchscript: Also export ``model.pt``.
+        params: Family-specific flow options (e.g. ``{"bins": 8}``).
+        hparams: Any :class:`~flowserve.models.config.TrainConfig` field (``epochs``, ``lr``...).
+
+    Returns:
+        The :class:`TrainResult`, or ``None`` in DDP processes other than global rank zero.
+    """
+    file_values = load_config_file(config_file) if config_file else {}
+    overrides = {"family": family, **hparams}
+    if params:
+        overrides["params"] = dict(params)
+    config = resolve_config(file_values, overrides)
+    if config.family not in FAMILIES:
+        raise ConfigError(f"unknown flow family {config.family!r}; known: {', '.join(families())}")
+    prepared = prepare_data(
+        data,
+        columns=columns,
+        id_column=id_column,
+        nan_policy=config.nan_policy,  # type: ignore[arg-type]
+        max_rows=config.max_rows,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+    )
+    out = Path(out)
+    if version is not None and (out / name / str(version)).exists():
+        raise ConfigError(f"{out / name / str(version)} already exists; choose another --version")
+    planned = next_version(out, name) if version is None else version
+    if checkpoint_dir is not None:
+        ckpt_dir = Path(checkpoint_dir)
+    else:
+        ckpt_dir = out / name / ".checkpoints" / str(planned)
+        resuming_here = resume is not None and ckpt_dir.resolve() in Path(resume).resolve().parents
+        if "LOCAL_RANK" not in os.environ and ckpt_dir.exists() and not resuming_here:
+            # A leftover of an interrupted run for this version: keep checkpoint names stable.
+            shutil.rmtree(ckpt_dir)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    flow = build_model(config, prepared)
+    fit = fit_flow(
+        flow, prepared, config, ckpt_dir, resume=Path(resume) if resume else None, progress=progress
+    )
+    if not fit.is_global_zero:
+        return None
+    return export_trained(fit, prepared, config, out, name, planned, torchscript=torchscript)
