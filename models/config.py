@@ -16,8 +16,7 @@ The resolved config is saved with every artifact (``config.yaml`` and the manife
 from __future__ import annotations
 
 import inspect
-import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +124,8 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     suffix = path.suffix.lower()
+    import tomllib  # Python >= 3.11; only config files need it
+
     try:
         if suffix == ".toml":
             values = tomllib.loads(path.read_text())
@@ -143,7 +144,7 @@ def load_config_file(path: Path | str) -> dict[str, Any]:
 
 
 def parse_param(text: str) -> tuple[str, Any]:
-    """``key=value`` from ``--param``; the value is read as YAML (``8`` -> int, ``true`` -> bool)."""
+    """``key=value`` from ``--param``; the value is read as YAML (``8`` is an int)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--param expects key=value, got {text!r}")
@@ -191,8 +192,3 @@ def flow_hparams(config: TrainConfig, builder: Any) -> dict[str, Any]:
             hparams[key] = value
     hparams.update(config.params)
     return hparams
-
-
-def with_resolved_flow(config: TrainConfig, hparams: dict[str, Any]) -> TrainConfig:
-    """The config with the flow options actually used (for saving alongside the model)."""
-    return replace(config, layers=hparams.get("layers"), hidden=hparams.get("hidden"))

@@ -25,8 +25,8 @@ import pandas as pd
 __all__ = [
     "DATASETS",
     "SENSOR_FEATURES",
-    "make_dataset",
     "main",
+    "make_dataset",
     "sensor_anomalies",
     "sensors",
     "two_moons",
