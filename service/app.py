@@ -1,0 +1,116 @@
+"""Build the FastAPI app: :func:`create_app` wires settings, repository, engine, routes, errors,
+the body size limit and the OpenAPI document. It loads nothing until the app starts."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+import flowserve
+
+from .batching import InferenceEngine
+from .errors import install_error_handlers
+from .limits import BodySizeLimit
+from .metrics import ServiceMetrics
+from .repository import ModelRepository
+from .routes_ops import admin_router, health_router, models_router
+from .routes_predict import prediction_router
+from .routes_v2 import v2_router
+from .schemas import DecodeRequest, ErrorBody, RowsRequest, SampleRequest, ScoreRequest
+from .settings import ServiceSettings
+from .state import ServiceState, _default, _named, _versioned
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("flowserve.service")
+
+DESCRIPTION = """Exact likelihoods from normalizing flows: `/log_prob`, anomaly `/score`,
+`/encode`, `/decode`, `/sample` for the default model, for `/models/{name}` (newest ready
+version) and `/models/{name}/versions/{version}`. JSON rows, or `.npy` bodies
+(`Content-Type: application/x-npy`, `Accept: application/x-npy`) for bulk scoring.
+Errors are `{"error": {"code", "message", ...}}`."""
+
+# Request bodies parsed by the routes themselves; their schemas are added to the document.
+_BODY_SCHEMAS = (RowsRequest, ScoreRequest, DecodeRequest, SampleRequest, ErrorBody)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in _BODY_SCHEMAS:
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(js.pop("$defs", {}))
+            components[model.__name__] = js
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    """The service app for ``settings`` (default: read from ``FLOWSERVE_*``)."""
+    settings = settings or ServiceSettings()
+    metrics = ServiceMetrics()
+    repository = ModelRepository(
+        settings.model_root,
+        default_model=settings.default_model,
+        prefer=settings.runtime,
+        intra_op_threads=settings.ort_intra_op_threads,
+        inter_op_threads=settings.ort_inter_op_threads,
+        on_load_failure=metrics.load_failure,
+    )
+    engine = InferenceEngine(
+        batching=settings.batching,
+        max_batch_size=settings.max_batch_size,
+        max_delay_s=settings.max_batch_delay_ms / 1000.0,
+        threads=settings.inference_threads,
+        on_batch=metrics.observe_batch,
+    )
+    state = ServiceState(settings, repository, engine, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not repository.loaded:
+            snap = await anyio.to_thread.run_sync(repository.reload)
+            log.info(
+                "serving %d model versions from %s (default: %s; %d failed)",
+                len(snap.ready_versions()),
+                settings.model_root,
+                snap.default_name,
+                len(snap.failed_versions()),
+            )
+        async with anyio.create_task_group() as tg:
+            if settings.watch:
+                tg.start_soon(repository.watch, settings.watch_interval_s)
+            yield
+            tg.cancel_scope.cancel()
+
+    app = FastAPI(
+        title="flowserve",
+        version=flowserve.__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.flowserve = state
+    install_error_handlers(app, on_error=metrics.error)
+    app.add_middleware(
+        BodySizeLimit, max_body_bytes=settings.max_body_bytes, on_reject=metrics.error
+    )
+    app.include_router(health_router)
+    app.include_router(models_router)
+    app.include_router(admin_router)
+    app.include_router(v2_router)
+    app.include_router(
+        prediction_router(_versioned, "/models/{name}/versions/{version}", "versioned model")
+    )
+    app.include_router(prediction_router(_named, "/models/{name}", "named model"))
+    app.include_router(prediction_router(_default, "", "default model"))
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,221 @@
+"""Inference off the event loop, with server-side dynamic batching.
+
+:class:`DynamicBatcher` merges concurrent small requests for the same model version and graph into
+one call, like Triton's dynamic batcher: a batch closes when it reaches ``max_batch_size`` rows or
+its first request has waited ``max_delay_s`` (0: take only what is already queued, so an idle
+server adds no latency), and at most ``max_inflight`` batches run at once, so under load requests
+queue up and leave together. Requests at least ``max_batch_size`` rows long skip the queue.
+
+:class:`InferenceEngine` is what routes call: ``await engine.forward(model, x)`` and
+``await engine.inverse(model, z)``; every call runs in a worker thread (``anyio.to_thread``) with a
+capacity limit, so the event loop never blocks on inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import numpy as np
+from anyio import CapacityLimiter
+
+from .runtime import FlowModel
+
+__all__ = ["DynamicBatcher", "InferenceEngine"]
+
+Outputs = tuple[np.ndarray, ...]
+GraphCall = Callable[[FlowModel, np.ndarray], Outputs]
+
+
+def _forward(model: FlowModel, x: np.ndarray) -> Outputs:
+    return model.forward(x)
+
+
+def _inverse(model: FlowModel, z: np.ndarray) -> Outputs:
+    return (model.decode(z),)
+
+
+@dataclass
+class _Item:
+    model: FlowModel
+    rows: np.ndarray
+    future: asyncio.Future[Outputs]
+    arrived: float
+
+
+class DynamicBatcher:
+    """Merges concurrent row requests for one graph of one model version."""
+
+    def __init__(
+        self,
+        call: GraphCall,
+        *,
+        limiter: CapacityLimiter,
+        max_batch_size: int = 256,
+        max_delay_s: float = 0.0,
+        max_inflight: int = 2,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self._call = call
+        self._limiter = limiter
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._on_batch = on_batch  # (rows, requests) of every batch run
+        self._pending: list[_Item] = []
+        self._pending_rows = 0
+        self._full = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def submit(self, model: FlowModel, rows: np.ndarray) -> Outputs:
+        """The graph's outputs for ``rows`` (computed alone or within a merged batch)."""
+        if len(rows) >= self.max_batch_size:
+            return await self._run_alone(model, rows)
+        loop = asyncio.get_running_loop()
+        item = _Item(model, rows, loop.create_future(), loop.time())
+        self._pending.append(item)
+        self._pending_rows += len(rows)
+        if self._pending_rows >= self.max_batch_size:
+            self._full.set()
+        if self._dispatcher is None:
+            self._dispatcher = asyncio.create_task(self._dispatch())
+        return await item.future
+
+    async def _run_alone(self, model: FlowModel, rows: np.ndarray) -> Outputs:
+        if self._on_batch is not None:
+            self._on_batch(len(rows), 1)
+        return await anyio.to_thread.run_sync(self._call, model, rows, limiter=self._limiter)
+
+    def _take(self) -> list[_Item]:
+        batch: list[_Item] = []
+        rows = 0
+        while self._pending and (
+            not batch or rows + len(self._pending[0].rows) <= self.max_batch_size
+        ):
+            item = self._pending.pop(0)
+            batch.append(item)
+            rows += len(item.rows)
+        self._pending_rows -= rows
+        if self._pending_rows < self.max_batch_size:
+            self._full.clear()
+        return batch
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                if self.max_delay_s > 0 and self._pending_rows < self.max_batch_size:
+                    wait = self._pending[0].arrived + self.max_delay_s - loop.time()
+                    if wait > 0:
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(self._full.wait(), wait)
+                await self._slots.acquire()
+                batch = self._take()
+                if batch:
+                    # Keep a reference: the loop holds tasks only weakly.
+                    task = asyncio.create_task(self._run(batch))
+                    self._running.add(task)
+                    task.add_done_callback(self._running.discard)
+                else:
+                    self._slots.release()
+        finally:
+            self._dispatcher = None
+
+    async def _run(self, batch: list[_Item]) -> None:
+        try:
+            rows = batch[0].rows if len(batch) == 1 else np.concatenate([b.rows for b in batch])
+            if self._on_batch is not None:
+                self._on_batch(len(rows), len(batch))
+            outputs = await anyio.to_thread.run_sync(
+                self._call, batch[0].model, rows, limiter=self._limiter
+            )
+        except Exception as e:  # every request of the batch gets the error
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(e)
+            return
+        finally:
+            self._slots.release()
+        start = 0
+        for item in batch:
+            stop = start + len(item.rows)
+            if not item.future.done():  # a cancelled (disconnected) request is skipped
+                item.future.set_result(tuple(o[start:stop] for o in outputs))
+            start = stop
+
+
+class InferenceEngine:
+    """Runs model graphs in worker threads, through a per-model :class:`DynamicBatcher` when
+    batching is on. Batchers are keyed weakly by model, so unloaded versions are forgotten."""
+
+    def __init__(
+        self,
+        *,
+        batching: bool = True,
+        max_batch_size: int = 256,
+        max_delay_s: float = 0.0,
+        threads: int = 2,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.batching = batching
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.threads = threads
+        self.on_batch = on_batch
+        self._limiter: CapacityLimiter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._batchers: weakref.WeakKeyDictionary[FlowModel, dict[str, DynamicBatcher]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @property
+    def limiter(self) -> CapacityLimiter:
+        # Limiters, queues and events belong to one event loop: start afresh on a new one (an
+        # app served again, as test clients do).
+        loop = asyncio.get_running_loop()
+        if self._limiter is None or loop is not self._loop:
+            self._loop = loop
+            self._limiter = CapacityLimiter(self.threads)
+            self._batchers = weakref.WeakKeyDictionary()
+        return self._limiter
+
+    def _batcher(self, model: FlowModel, role: str, call: GraphCall) -> DynamicBatcher:
+        limiter = self.limiter
+        per_model = self._batchers.setdefault(model, {})
+        batcher = per_model.get(role)
+        if batcher is None:
+            batcher = per_model[role] = DynamicBatcher(
+                call,
+                limiter=limiter,
+                max_batch_size=self.max_batch_size,
+                max_delay_s=self.max_delay_s,
+                max_inflight=self.threads,
+                on_batch=self.on_batch,
+            )
+        return batcher
+
+    async def _graph(
+        self, model: FlowModel, rows: np.ndarray, role: str, call: GraphCall
+    ) -> Outputs:
+        if self.batching:
+            return await self._batcher(model, role, call).submit(model, rows)
+        return await anyio.to_thread.run_sync(call, model, rows, limiter=self.limiter)
+
+    async def forward(self, model: FlowModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(z, log_prob)`` for validated float32 rows."""
+        z, lp = await self._graph(model, x, "forward", _forward)
+        return z, lp
+
+    async def inverse(self, model: FlowModel, z: np.ndarray) -> np.ndarray:
+        """Raw rows for validated float32 latents."""
+        return (await self._graph(model, z, "inverse", _inverse))[0]
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Any other blocking call (sampling, reloads) in a worker thread."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)

@@ -1,0 +1,126 @@
+"""``flowserve serve``: serve a model repository over HTTP with uvicorn.
+
+Flags override ``FLOWSERVE_*`` environment variables, which override the defaults in
+:class:`~flowserve.service.settings.ServiceSettings`. With ``--workers`` above 1 each uvicorn
+worker process builds its own app (and loads the models) from the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+__all__ = ["configure", "run", "settings_from_args"]
+
+# flag -> settings field (None values are left to the environment / defaults)
+_FLAGS: dict[str, str] = {
+    "models": "model_root",
+    "default_model": "default_model",
+    "host": "host",
+    "port": "port",
+    "workers": "workers",
+    "api_keys": "api_keys",
+    "max_rows": "max_rows",
+    "max_body_bytes": "max_body_bytes",
+    "max_sample": "max_sample",
+    "ort_intra_op_threads": "ort_intra_op_threads",
+    "ort_inter_op_threads": "ort_inter_op_threads",
+    "inference_threads": "inference_threads",
+    "runtime": "runtime",
+    "batching": "batching",
+    "max_batch_size": "max_batch_size",
+    "max_batch_delay_ms": "max_batch_delay_ms",
+    "watch": "watch",
+    "log_level": "log_level",
+}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a(
+        "--models",
+        metavar="ROOT",
+        help="model repository <ROOT>/<name>/<version>/ (default: the bundled default model)",
+    )
+    a("--default-model", metavar="NAME", help="model served at /log_prob etc. (default: sensors)")
+    a("--host", help="bind address (default 127.0.0.1)")
+    a("--port", type=int, help="port (default 8000; 0 picks a free one)")
+    a("--workers", type=int, help="uvicorn worker processes (default 1)")
+    a("--api-keys", metavar="K1,K2", help="require one of these keys (X-API-Key header)")
+    a("--max-rows", type=int, help="most rows in one JSON request")
+    a("--max-body-bytes", type=int, help="largest request body")
+    a("--max-sample", type=int, help="largest n for /sample")
+    a("--ort-intra-op-threads", type=int, help="ONNX Runtime threads per call")
+    a("--ort-inter-op-threads", type=int, help="ONNX Runtime inter-op threads")
+    a("--inference-threads", type=int, help="concurrent inference calls")
+    a("--runtime", choices=["onnx", "torchscript"], help="prefer TorchScript (needs torch)")
+    a(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="server-side dynamic batching (default on)",
+    )
+    a("--max-batch-size", type=int, help="rows per merged batch")
+    a("--max-batch-delay-ms", type=float, help="wait up to this long to fill a batch")
+    a(
+        "--watch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="poll the model root and reload on change",
+    )
+    a("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    from .settings import ServiceSettings
+
+    overrides = {
+        field: getattr(args, flag)
+        for flag, field in _FLAGS.items()
+        if getattr(args, flag, None) is not None
+    }
+    return ServiceSettings(**overrides)
+
+
+def _export_env(settings: Any) -> None:
+    # Worker processes (--workers > 1) rebuild the app from the environment.
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = ",".join(value)
+        os.environ[f"FLOWSERVE_{name.upper()}"] = (
+            str(value).lower() if isinstance(value, bool) else str(value)
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.model_root.is_dir():
+        logging.getLogger("flowserve.service").error(
+            "model root %s does not exist (pass --models ROOT)", settings.model_root
+        )
+        return 2
+    common = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,  # Prometheus metrics count requests; per-request logs cost time
+    }
+    if settings.workers > 1:
+        _export_env(settings)
+        uvicorn.run(
+            "flowserve.service.app:create_app", factory=True, workers=settings.workers, **common
+        )
+    else:
+        uvicorn.run(create_app(settings), **common)
+    return 0

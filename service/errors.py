@@ -1,0 +1,198 @@
+"""API errors: one exception type per error code, rendered as ``{"error": {...}}`` JSON.
+
+Hierarchy (each carries its HTTP status and machine code)::
+
+    ApiError
+    ├── InvalidInput          422 invalid_input      (wrong width, NaN/Inf, non-numeric, empty, ...)
+    ├── OutOfRange            422 out_of_range       (n, temperature, fpr)
+    ├── TooManyRows           413 too_many_rows
+    ├── BodyTooLarge          413 body_too_large
+    ├── ModelNotFound         404 model_not_found
+    ├── VersionNotFound       404 version_not_found
+    ├── ModelUnavailable      503 model_unavailable  (that version failed to load)
+    ├── Unauthorized          401 unauthorized
+    └── UnsupportedMediaType  415 unsupported_media_type
+
+:func:`install_error_handlers` maps these, FastAPI's request validation errors and Starlette's
+HTTP errors to that JSON shape, and turns anything unexpected into a 500 without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = [
+    "ApiError",
+    "BodyTooLarge",
+    "InvalidInput",
+    "ModelNotFound",
+    "ModelUnavailable",
+    "OutOfRange",
+    "TooManyRows",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "VersionNotFound",
+    "error_body",
+    "from_validation_errors",
+    "install_error_handlers",
+]
+
+log = logging.getLogger("flowserve.service")
+
+# Fields whose range violations are reported as ``out_of_range`` rather than ``invalid_input``.
+RANGE_FIELDS = frozenset({"n", "temperature", "fpr"})
+_RANGE_TYPES = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
+class ApiError(Exception):
+    """An error the client can act on; ``details`` are merged into the JSON error object."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidInput(ApiError):
+    status_code = 422
+    code = "invalid_input"
+
+
+class OutOfRange(ApiError):
+    status_code = 422
+    code = "out_of_range"
+
+
+class TooManyRows(ApiError):
+    status_code = 413
+    code = "too_many_rows"
+
+
+class BodyTooLarge(ApiError):
+    status_code = 413
+    code = "body_too_large"
+
+
+class ModelNotFound(ApiError):
+    status_code = 404
+    code = "model_not_found"
+
+
+class VersionNotFound(ApiError):
+    status_code = 404
+    code = "version_not_found"
+
+
+class ModelUnavailable(ApiError):
+    status_code = 503
+    code = "model_unavailable"
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class UnsupportedMediaType(ApiError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **details}}
+
+
+def _location(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def from_validation_errors(errors: Sequence[Any]) -> ApiError:
+    """One clear error from pydantic's error list (range errors on n/temperature/fpr -> 422
+    out_of_range, everything else invalid_input), naming the field and what was wrong."""
+    errors = list(errors)
+    if not errors:
+        return InvalidInput("the request is not valid")
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    where = _location(loc)
+    field = str(loc[-1]) if loc else ""
+    msg = first.get("msg", "is not valid")
+    shown = [
+        {"loc": _location(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in errors[:5]
+    ]
+    if field in RANGE_FIELDS and first.get("type") in _RANGE_TYPES:
+        return OutOfRange(f"{where} is out of range: {msg}", field=field, errors=shown)
+    extra = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return InvalidInput(f"{where}: {msg}{extra}", errors=shown)
+
+
+def _render(err: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        error_body(err.code, err.message, **err.details),
+        status_code=err.status_code,
+        headers=headers,
+    )
+
+
+_HTTP_CODES = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
+    """Register the JSON error handlers; ``on_error(code)`` is called for every error answered."""
+
+    def _count(code: str) -> None:
+        if on_error is not None:
+            on_error(code)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        _count(exc.code)
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return _render(exc, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = from_validation_errors(exc.errors())
+        _count(err.code)
+        return _render(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        _count(code)
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        return JSONResponse(
+            error_body(code, message), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not bad input: log the traceback server-side, answer without one.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        _count("internal_error")
+        return JSONResponse(
+            error_body("internal_error", "the server failed to answer this request"),
+            status_code=500,
+        )

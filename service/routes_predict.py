@@ -1,0 +1,265 @@
+"""The model endpoints (/log_prob, /score, /encode, /decode, /sample), mounted under three
+prefixes: ``""`` (default model), ``/models/{name}`` (its newest ready version) and
+``/models/{name}/versions/{version}``. One implementation serves all three.
+"""
+
+# No ``from __future__ import annotations`` here: the endpoints built in prediction_router
+# annotate with a local alias, which FastAPI must see as a real object, not a string.
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from . import codec
+from .errors import ApiError, InvalidInput, OutOfRange, from_validation_errors
+from .repository import ModelVersion
+from .schemas import (
+    DecodeResponse,
+    EncodeResponse,
+    ErrorBody,
+    LogProbResponse,
+    SampleRequest,
+    SampleResponse,
+    ScoreOptions,
+    ScoreResponse,
+)
+from .state import ApiKey, ServiceState, get_state
+
+__all__ = ["prediction_router", "request_body_docs"]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (401, "missing or invalid API key"),
+        (404, "unknown model or version"),
+        (413, "too many rows or body too large"),
+        (415, "unsupported Content-Type"),
+        (422, "invalid input or out-of-range option"),
+        (503, "the version failed to load"),
+    )
+}
+_NPY_OUT = {"application/x-npy": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def request_body_docs(schema: str, binary: bool = True) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` for routes that parse their body themselves."""
+    content: dict[str, Any] = {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}
+    }
+    if binary:
+        content["application/x-npy"] = {
+            "schema": {"type": "string", "format": "binary"},
+            "description": ".npy float32/float64 array [N, dim]",
+        }
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _headers(mv: ModelVersion) -> dict[str, str]:
+    return {"X-Flowserve-Model": mv.name, "X-Flowserve-Version": str(mv.version)}
+
+
+def _object(payload: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise InvalidInput(
+            f"the body must be a JSON object with {sorted(required) or sorted(allowed)}"
+        )
+    unknown = sorted(set(payload) - allowed)
+    if unknown:
+        raise InvalidInput(f"unknown fields {unknown}; this endpoint accepts {sorted(allowed)}")
+    missing = sorted(required - set(payload))
+    if missing:
+        raise InvalidInput(f"missing field {missing[0]!r}")
+    return payload
+
+
+async def _rows(
+    request: Request, state: ServiceState, mv: ModelVersion, allowed: set[str], named: bool
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Validated rows and the other JSON fields, from a JSON or .npy body."""
+    kind = codec.body_kind(request.headers.get("content-type"))
+    body = await request.body()
+    assert mv.manifest is not None
+    if kind == "npy":
+        return codec.rows_from_npy(body, mv.manifest), {}
+    payload = _object(codec.loads(body), allowed, {"inputs"})
+    rows = codec.rows_from_json(
+        payload["inputs"], mv.manifest, state.settings.max_rows, named=named
+    )
+    return rows, payload
+
+
+Handler = Callable[[Request, ServiceState, ModelVersion], Awaitable[Response]]
+
+
+async def _observe(endpoint: str, request: Request, mv: ModelVersion, handler: Handler) -> Response:
+    state = get_state(request)
+    m = state.metrics
+    start = time.perf_counter()
+    status = "200"
+    try:
+        return await handler(request, state, mv)
+    except ApiError as e:
+        status = str(e.status_code)
+        raise
+    finally:
+        m.requests.labels(endpoint, mv.name, str(mv.version), status).inc()
+        m.latency.labels(endpoint, mv.name).observe(time.perf_counter() - start)
+
+
+def _check_fpr(fpr: Any) -> float | None:
+    try:
+        return ScoreOptions.model_validate({"fpr": fpr}).fpr
+    except ValidationError as e:
+        raise from_validation_errors(e.errors()) from None
+
+
+async def _log_prob(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
+    x, _ = await _rows(request, state, mv, {"inputs"}, named=True)
+    _, lp = await state.engine.forward(mv.model, x)  # type: ignore[arg-type]
+    state.metrics.rows.labels("log_prob", mv.name).inc(len(x))
+    if codec.wants_npy(request.headers.get("accept")):
+        return codec.npy_response(lp.astype(np.float32, copy=False), _headers(mv))
+    return codec.json_response({"model": mv.name, "version": mv.version, "log_prob": lp})
+
+
+async def _score(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
+    x, payload = await _rows(request, state, mv, {"inputs", "fpr"}, named=True)
+    fpr = _check_fpr(payload.get("fpr", request.query_params.get("fpr")))
+    _, lp = await state.engine.forward(mv.model, x)  # type: ignore[arg-type]
+    res = mv.model.score_log_prob(lp, fpr)  # type: ignore[union-attr]
+    state.metrics.rows.labels("score", mv.name).inc(len(x))
+    if codec.wants_npy(request.headers.get("accept")):
+        table = np.stack([lp, res.percentile, res.is_anomaly], axis=1).astype(np.float32)
+        headers = _headers(mv)
+        headers["X-Flowserve-Threshold"] = repr(res.threshold)
+        headers["X-Flowserve-Fpr"] = repr(res.fpr)
+        return codec.npy_response(table, headers)
+    return codec.json_response(
+        {
+            "model": mv.name,
+            "version": mv.version,
+            "fpr": res.fpr,
+            "threshold": res.threshold,
+            "log_prob": lp,
+            "score": -lp,
+            "percentile": res.percentile,
+            "is_anomaly": res.is_anomaly,
+        }
+    )
+
+
+async def _encode(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
+    from .runtime import base_log_prob
+
+    x, _ = await _rows(request, state, mv, {"inputs"}, named=True)
+    z, lp = await state.engine.forward(mv.model, x)  # type: ignore[arg-type]
+    state.metrics.rows.labels("encode", mv.name).inc(len(x))
+    if codec.wants_npy(request.headers.get("accept")):
+        return codec.npy_response(z, _headers(mv))
+    assert mv.manifest is not None
+    log_det = (lp - base_log_prob(mv.manifest.base, z)).astype(np.float32)
+    return codec.json_response(
+        {"model": mv.name, "version": mv.version, "z": z, "log_det": log_det}
+    )
+
+
+async def _decode(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
+    z, _ = await _rows(request, state, mv, {"inputs"}, named=False)
+    x = await state.engine.inverse(mv.model, z)  # type: ignore[arg-type]
+    state.metrics.rows.labels("decode", mv.name).inc(len(z))
+    if codec.wants_npy(request.headers.get("accept")):
+        return codec.npy_response(x, _headers(mv))
+    return codec.json_response({"model": mv.name, "version": mv.version, "x": x})
+
+
+async def _sample(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
+    codec.body_kind(request.headers.get("content-type"), binary_ok=False)
+    body = await request.body()
+    payload = codec.loads(body) if body.strip() else {}
+    try:
+        req = SampleRequest.model_validate(payload)
+    except ValidationError as e:
+        raise from_validation_errors(e.errors()) from None
+    s = state.settings
+    if req.n > s.max_sample:
+        raise OutOfRange(
+            f"n is out of range: at most {s.max_sample} rows per request, got {req.n}",
+            field="n",
+        )
+    if req.temperature > s.max_temperature:
+        raise OutOfRange(
+            f"temperature is out of range: it must be in (0, {s.max_temperature}], "
+            f"got {req.temperature}",
+            field="temperature",
+        )
+    samples = await state.engine.run(mv.model.sample, req.n, req.temperature, req.seed)  # type: ignore[union-attr]
+    state.metrics.rows.labels("sample", mv.name).inc(req.n)
+    if codec.wants_npy(request.headers.get("accept")):
+        return codec.npy_response(samples, _headers(mv))
+    return codec.json_response({"model": mv.name, "version": mv.version, "samples": samples})
+
+
+_ENDPOINTS: list[tuple[str, Handler, type, str | None, str]] = [
+    ("log_prob", _log_prob, LogProbResponse, "RowsRequest", "Log-density of each row (nats)."),
+    (
+        "score",
+        _score,
+        ScoreResponse,
+        "ScoreRequest",
+        "Anomaly scores: score = -log_prob, percentile against held-out data, is_anomaly at "
+        "false-positive rate fpr (JSON field or ?fpr= query; default: the model's).",
+    ),
+    ("encode", _encode, EncodeResponse, "RowsRequest", "Latent codes z and log|det dz/dx|."),
+    ("decode", _decode, DecodeResponse, "DecodeRequest", "Rows for latent codes z."),
+    ("sample", _sample, SampleResponse, None, "n new rows (same seed, same rows)."),
+]
+
+
+def prediction_router(resolver: Callable[..., ModelVersion], prefix: str, tag: str) -> APIRouter:
+    """The five model endpoints under ``prefix``, the model resolved by ``resolver``."""
+    router = APIRouter(prefix=prefix, tags=[tag], dependencies=[ApiKey])
+    Resolved = Annotated[ModelVersion, Depends(resolver)]
+
+    for name, impl, response, schema, doc in _ENDPOINTS:
+
+        def make(name: str = name, impl: Handler = impl) -> Callable[..., Awaitable[Response]]:
+            if name == "score":
+
+                async def endpoint(
+                    request: Request,
+                    mv: Resolved,
+                    fpr: Annotated[
+                        float | None,
+                        Query(gt=0.0, lt=1.0, description="false-positive rate (binary bodies)"),
+                    ] = None,
+                ) -> Response:
+                    return await _observe(name, request, mv, impl)
+
+            else:
+
+                async def endpoint(request: Request, mv: Resolved) -> Response:
+                    return await _observe(name, request, mv, impl)
+
+            return endpoint
+
+        extra = (
+            request_body_docs("SampleRequest", binary=False)
+            if schema is None
+            else request_body_docs(schema)
+        )
+        router.add_api_route(
+            f"/{name}",
+            make(),
+            methods=["POST"],
+            response_model=response,
+            responses={**_ERRORS, 200: {"content": _NPY_OUT}} if name != "sample" else _ERRORS,
+            summary=doc.split(".")[0],
+            description=doc,
+            openapi_extra=extra,
+            name=f"{name}{prefix.replace('/', '_').replace('{', '').replace('}', '')}",
+        )
+    return router

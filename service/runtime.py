@@ -1,0 +1,304 @@
+"""Loaded flows for serving: numpy in, numpy out, no torch at import time.
+
+:class:`OnnxFlowModel` runs an artifact's two ONNX graphs with ONNX Runtime (sessions created once,
+thread-limited, safe to call from many threads). :class:`TorchScriptFlowModel` offers the same API
+from ``model.pt`` and imports torch only when one is built. :func:`load_flow_model` verifies the
+artifact (manifest + checksums) and picks the runtime.
+
+Example:
+    >>> model = load_flow_model(path)                      # doctest: +SKIP
+    >>> model.log_prob(rows)                               # doctest: +SKIP
+    >>> z, log_det = model.encode(rows); model.decode(z)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from flowserve.artifact import ArtifactError, BaseSpec, Manifest, verify_artifact
+
+__all__ = [
+    "FlowModel",
+    "OnnxFlowModel",
+    "ScoreResult",
+    "TorchScriptFlowModel",
+    "base_log_prob",
+    "load_flow_model",
+    "torch_available",
+]
+
+# Rows per graph call: bounds the runtime's intermediate buffers on bulk requests.
+CHUNK_ROWS = 65_536
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def torch_available() -> bool:
+    """Whether torch can be imported here (without importing it)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # ``sys.modules['torch'] = None`` raises ValueError
+        return False
+
+
+def base_log_prob(base: BaseSpec, z: np.ndarray) -> np.ndarray:
+    """Log-density of the base distribution at each latent row, float64 ``[N]``."""
+    z = np.asarray(z, dtype=np.float64)
+    dim = z.shape[1]
+    if base.kind == "normal":
+        return -0.5 * np.einsum("ij,ij->i", z, z) - 0.5 * dim * _LOG_2PI
+    assert base.low is not None and base.high is not None
+    inside = np.all((z >= base.low) & (z < base.high), axis=1)
+    return np.where(inside, -dim * math.log(base.high - base.low), -np.inf)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Anomaly scores of a batch: ``score = -log_prob``; ``percentile`` in [0, 100]."""
+
+    log_prob: np.ndarray
+    percentile: np.ndarray
+    is_anomaly: np.ndarray
+    threshold: float
+    fpr: float
+
+    @property
+    def score(self) -> np.ndarray:
+        return -self.log_prob
+
+
+class FlowModel:
+    """One loaded model version. Subclasses provide the two graph directions on float32 rows."""
+
+    runtime: str = "abstract"
+
+    def __init__(self, directory: Path, manifest: Manifest) -> None:
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self.dim = manifest.dim
+
+    # -- the two directions, on validated float32 [N, dim] ------------------------------------
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _inverse(self, z: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def _rows(self, a: np.ndarray, what: str) -> np.ndarray:
+        a = np.asarray(a)
+        if a.ndim != 2 or a.shape[1] != self.dim:
+            raise ValueError(f"{what} must have shape [N, {self.dim}], got {list(a.shape)}")
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(z [N, dim] float32, log_prob [N] float32)`` for raw rows ``x``."""
+        x = self._rows(x, "x")
+        if len(x) <= CHUNK_ROWS:
+            return self._forward(x)
+        parts = [self._forward(x[i : i + CHUNK_ROWS]) for i in range(0, len(x), CHUNK_ROWS)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    # -- public API ---------------------------------------------------------------------------
+    def log_prob(self, x: np.ndarray) -> np.ndarray:
+        """Log-density of each raw row, nats, float32 ``[N]``."""
+        return self.forward(x)[1]
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(z, log_det)`` with ``log_det = log|det dz/dx|`` = log_prob - base_log_prob(z)."""
+        z, lp = self.forward(x)
+        log_det = lp.astype(np.float64) - base_log_prob(self.manifest.base, z)
+        return z, log_det.astype(np.float32)
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """Raw rows ``x [N, dim]`` float32 for latent rows ``z``."""
+        z = self._rows(z, "z")
+        if len(z) <= CHUNK_ROWS:
+            return self._inverse(z)
+        return np.concatenate(
+            [self._inverse(z[i : i + CHUNK_ROWS]) for i in range(0, len(z), CHUNK_ROWS)]
+        )
+
+    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> np.ndarray:
+        """``n`` rows: base noise (scaled by ``temperature``) through the inverse graph."""
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        rng = np.random.default_rng(seed)
+        z = self.manifest.base.sample(n, self.dim, temperature, rng)
+        return self.decode(z)
+
+    def score_log_prob(self, log_prob: np.ndarray, fpr: float | None = None) -> ScoreResult:
+        """Anomaly scores from already computed log-likelihoods (see :meth:`score`)."""
+        cal = self.manifest.calibration
+        fpr = cal.default_fpr if fpr is None else float(fpr)
+        if not 0.0 < fpr < 1.0:
+            raise ValueError(f"fpr must be in (0, 1), got {fpr}")
+        threshold = cal.threshold_for(fpr)
+        lp = np.asarray(log_prob)
+        # NaN log-likelihoods (should not happen for finite input) count as anomalies.
+        is_anomaly = ~(lp >= threshold)
+        return ScoreResult(lp, cal.percentile(lp), is_anomaly, threshold, fpr)
+
+    def score(self, x: np.ndarray, fpr: float | None = None) -> ScoreResult:
+        """Anomaly scores against the manifest calibration at false-positive rate ``fpr``
+        (default: the calibration's ``default_fpr``)."""
+        return self.score_log_prob(self.log_prob(x), fpr)
+
+    def warm_up(self) -> None:
+        """Run both graphs once so the first request pays no lazy initialisation."""
+        rows = np.zeros((2, self.dim), dtype=np.float32)
+        z, lp = self.forward(rows)
+        self.decode(z)
+        if lp.shape != (2,) or z.shape != (2, self.dim):
+            raise ArtifactError(
+                f"{self.directory}: forward graph returned z {list(z.shape)} and log_prob "
+                f"{list(lp.shape)}, expected [2, {self.dim}] and [2]"
+            )
+
+
+class OnnxFlowModel(FlowModel):
+    """An artifact served by ONNX Runtime (``forward.onnx``: x -> z, log_prob;
+    ``inverse.onnx``: z -> x)."""
+
+    runtime = "onnxruntime"
+
+    def __init__(
+        self,
+        directory: Path,
+        manifest: Manifest | None = None,
+        *,
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+    ) -> None:
+        import onnxruntime as ort
+
+        directory = Path(directory)
+        manifest = verify_artifact(directory) if manifest is None else manifest
+        super().__init__(directory, manifest)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = inter_op_threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sessions = {}
+        for role in ("forward", "inverse"):
+            path = directory / manifest.graphs[role]
+            try:
+                sessions[role] = ort.InferenceSession(
+                    str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+                )
+            except Exception as e:  # onnxruntime raises its own exception types
+                raise ArtifactError(f"{path}: ONNX Runtime cannot load the graph: {e}") from e
+        self._fwd, self._inv = sessions["forward"], sessions["inverse"]
+        self._check_io()
+
+    def _check_io(self) -> None:
+        fwd_in = [i.name for i in self._fwd.get_inputs()]
+        fwd_out = {o.name for o in self._fwd.get_outputs()}
+        inv_in = [i.name for i in self._inv.get_inputs()]
+        inv_out = {o.name for o in self._inv.get_outputs()}
+        if fwd_in != ["x"] or not {"z", "log_prob"} <= fwd_out:
+            raise ArtifactError(
+                f"{self.directory}: forward graph must map input 'x' to outputs 'z' and "
+                f"'log_prob' (has inputs {fwd_in}, outputs {sorted(fwd_out)})"
+            )
+        if inv_in != ["z"] or "x" not in inv_out:
+            raise ArtifactError(
+                f"{self.directory}: inverse graph must map input 'z' to output 'x' "
+                f"(has inputs {inv_in}, outputs {sorted(inv_out)})"
+            )
+
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z, lp = self._fwd.run(["z", "log_prob"], {"x": x})
+        return z, lp
+
+    def _inverse(self, z: np.ndarray) -> np.ndarray:
+        return self._inv.run(["x"], {"z": z})[0]
+
+
+class TorchScriptFlowModel(FlowModel):
+    """An artifact served from its TorchScript file (``forward(x) -> (z, log_prob)``,
+    ``inverse(z) -> x``). Needs torch; it is imported here, never at module import."""
+
+    runtime = "torchscript"
+
+    def __init__(
+        self, directory: Path, manifest: Manifest | None = None, *, threads: int = 1
+    ) -> None:
+        directory = Path(directory)
+        manifest = verify_artifact(directory) if manifest is None else manifest
+        super().__init__(directory, manifest)
+        file = manifest.torchscript or _torchscript_graph(manifest)
+        if file is None:
+            raise ArtifactError(f"{directory}: the manifest names no TorchScript file")
+        torch = _import_torch(directory)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        try:
+            self._module = torch.jit.load(str(directory / file), map_location="cpu").eval()
+        except Exception as e:  # torch raises RuntimeError and friends
+            raise ArtifactError(f"{directory / file}: torch cannot load it: {e}") from e
+        self._torch = torch
+
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self._torch.inference_mode():
+            z, lp = self._module(self._torch.from_numpy(x))
+        return z.numpy(), lp.numpy()
+
+    def _inverse(self, z: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self._module.inverse(self._torch.from_numpy(z)).numpy()
+
+
+def _import_torch(directory: Path) -> Any:
+    if not torch_available():
+        raise ArtifactError(
+            f"{directory}: this artifact is served from TorchScript, which needs torch, and torch "
+            "is not installed here; install it (pip install torch==2.13.0, or the 'train' extra) "
+            "or export the model with ONNX graphs"
+        )
+    import torch
+
+    return torch
+
+
+def _torchscript_graph(manifest: Manifest) -> str | None:
+    """A TorchScript file named as a graph (a TorchScript-only artifact), if any."""
+    for rel in manifest.graphs.values():
+        if not rel.endswith(".onnx"):
+            return rel
+    return None
+
+
+def load_flow_model(
+    directory: Path,
+    *,
+    prefer: Literal["onnx", "torchscript"] = "onnx",
+    intra_op_threads: int = 1,
+    inter_op_threads: int = 1,
+) -> FlowModel:
+    """Verify an artifact (manifest, checksums) and load it with the right runtime.
+
+    ONNX Runtime serves artifacts whose graphs are ONNX; TorchScript serves artifacts whose
+    graphs are TorchScript only, or any artifact with ``model.pt`` when ``prefer="torchscript"``.
+    Raises :class:`ArtifactError` naming the problem.
+    """
+    directory = Path(directory)
+    manifest = verify_artifact(directory)
+    ts_only = _torchscript_graph(manifest) is not None
+    if ts_only or (prefer == "torchscript" and manifest.torchscript):
+        model: FlowModel = TorchScriptFlowModel(directory, manifest, threads=intra_op_threads)
+    else:
+        model = OnnxFlowModel(
+            directory,
+            manifest,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+        )
+    model.warm_up()
+    return model

@@ -1,0 +1,166 @@
+"""Request and response bodies, named by role; they document the API in OpenAPI.
+
+Row-carrying requests are parsed by :mod:`flowserve.service.codec` straight into numpy (faster
+and with row-level error messages); these models describe the same JSON for the docs and validate
+the small option fields (``fpr``, ``n``, ``temperature``, ``seed``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "CalibrationSummary",
+    "DecodeRequest",
+    "DecodeResponse",
+    "EncodeResponse",
+    "ErrorBody",
+    "ErrorDetail",
+    "HealthResponse",
+    "LogProbResponse",
+    "ModelInfo",
+    "ModelList",
+    "ReadyResponse",
+    "ReloadResponse",
+    "RowsRequest",
+    "SampleRequest",
+    "SampleResponse",
+    "ScoreOptions",
+    "ScoreRequest",
+    "ScoreResponse",
+    "VersionInfo",
+]
+
+Row = list[float] | dict[str, float]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RowsRequest(_Request):
+    """Rows in the raw feature space: lists of ``dim`` numbers, or objects keyed by the model's
+    feature names (all required, no others)."""
+
+    inputs: list[Row] = Field(
+        min_length=1,
+        description="rows: [[x1, x2, ...], ...] or [{'feature': value, ...}, ...]",
+        examples=[[[0.1, -1.2, 3.4]]],
+    )
+
+
+class ScoreOptions(_Request):
+    fpr: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="false-positive rate for is_anomaly (default: the model's calibration)",
+    )
+
+
+class ScoreRequest(RowsRequest, ScoreOptions):
+    """Rows to score for anomalies at a false-positive rate."""
+
+
+class DecodeRequest(_Request):
+    """Latent rows (``dim`` numbers each) to map back to the data space."""
+
+    inputs: list[list[float]] = Field(min_length=1, description="latent rows z")
+
+
+class SampleRequest(_Request):
+    """How many rows to draw from the model, at which temperature, with which seed."""
+
+    n: int = Field(1, ge=1, description="rows to draw (at most the server's max_sample)")
+    temperature: float = Field(1.0, gt=0.0, description="scales the base noise (at most 10)")
+    seed: int | None = Field(None, description="same seed, same rows")
+
+
+class ModelAnswer(BaseModel):
+    model: str = Field(description="the model that answered")
+    version: int = Field(description="the version that answered")
+
+
+class LogProbResponse(ModelAnswer):
+    log_prob: list[float | None] = Field(description="log-density per row, nats (null: -inf)")
+
+
+class ScoreResponse(ModelAnswer):
+    fpr: float
+    threshold: float = Field(description="log-likelihood below which a row is an anomaly")
+    log_prob: list[float | None]
+    score: list[float | None] = Field(description="-log_prob")
+    percentile: list[float] = Field(description="0-100: share of held-out rows more likely")
+    is_anomaly: list[bool]
+
+
+class EncodeResponse(ModelAnswer):
+    z: list[list[float | None]]
+    log_det: list[float | None] = Field(description="log|det dz/dx| incl. preprocessing")
+
+
+class DecodeResponse(ModelAnswer):
+    x: list[list[float | None]]
+
+
+class SampleResponse(ModelAnswer):
+    samples: list[list[float | None]]
+
+
+class CalibrationSummary(BaseModel):
+    default_fpr: float
+    threshold: float
+    n_rows: int
+
+
+class VersionInfo(BaseModel):
+    version: int
+    status: Literal["ready", "failed"]
+    error: str | None = None
+    family: str | None = None
+    dim: int | None = None
+    input_shape: list[int] | None = None
+    feature_names: list[str] | None = None
+    base: str | None = None
+    runtime: str | None = None
+    metrics: dict[str, float | int | None] | None = None
+    calibration: CalibrationSummary | None = None
+    created_at: datetime | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    default_version: int | None = Field(description="newest ready version (null: none ready)")
+    versions: list[VersionInfo]
+
+
+class ModelList(BaseModel):
+    default: str | None
+    models: list[ModelInfo]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "not_ready"]
+    models: dict[str, int | None] = Field(description="name -> default version")
+    failed: list[str] = Field(default_factory=list, description="'name/version' that failed")
+
+
+class ReloadResponse(ModelList):
+    generation: int
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    code: str = Field(description="machine-readable error code")
+    message: str = Field(description="what was wrong, in a sentence")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,83 @@
+"""What the routes share, held on ``app.state.flowserve``, and the dependencies that reach it."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from .batching import InferenceEngine
+from .errors import Unauthorized
+from .metrics import ServiceMetrics
+from .repository import ModelRepository, ModelVersion
+from .settings import ServiceSettings
+
+__all__ = [
+    "ApiKey",
+    "DefaultModel",
+    "NamedModel",
+    "ServiceState",
+    "State",
+    "VersionedModel",
+    "get_state",
+    "require_api_key",
+]
+
+
+@dataclass
+class ServiceState:
+    settings: ServiceSettings
+    repository: ModelRepository
+    engine: InferenceEngine
+    metrics: ServiceMetrics
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.flowserve
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+
+
+def require_api_key(request: Request) -> None:
+    """When API keys are configured: ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``."""
+    keys = request.app.state.flowserve.settings.api_keys
+    if not keys:
+        return
+    given = request.headers.get("x-api-key")
+    if given is None:
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    if given is None:
+        raise Unauthorized(
+            "missing API key: send it as header 'X-API-Key: <key>' or 'Authorization: Bearer <key>'"
+        )
+    # Compare against every key in constant time, so timing reveals nothing about near misses.
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(given.encode(), key.encode())
+    if not ok:
+        raise Unauthorized("invalid API key")
+
+
+ApiKey = Depends(require_api_key)
+
+
+def _default(request: Request) -> ModelVersion:
+    return get_state(request).repository.snapshot.resolve()
+
+
+def _named(request: Request, name: str) -> ModelVersion:
+    return get_state(request).repository.snapshot.resolve(name)
+
+
+def _versioned(request: Request, name: str, version: str) -> ModelVersion:
+    return get_state(request).repository.snapshot.resolve(name, version)
+
+
+DefaultModel = Annotated[ModelVersion, Depends(_default)]
+NamedModel = Annotated[ModelVersion, Depends(_named)]
+VersionedModel = Annotated[ModelVersion, Depends(_versioned)]
