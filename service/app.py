@@ -16,12 +16,12 @@ import flowserve
 
 from .batching import InferenceEngine
 from .errors import install_error_handlers
+from .kserve_v2 import kserve_v2_router
 from .limits import BodySizeLimit
 from .metrics import ServiceMetrics
 from .repository import ModelRepository
 from .routes_ops import admin_router, health_router, models_router
 from .routes_predict import prediction_router
-from .routes_v2 import v2_router
 from .schemas import DecodeRequest, ErrorBody, RowsRequest, SampleRequest, ScoreRequest
 from .settings import ServiceSettings
 from .state import ServiceState, _default, _named, _versioned
@@ -106,7 +106,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(models_router)
     app.include_router(admin_router)
-    app.include_router(v2_router)
+    app.include_router(kserve_v2_router())
     app.include_router(
         prediction_router(_versioned, "/models/{name}/versions/{version}", "versioned model")
     )
