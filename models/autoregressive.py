@@ -15,10 +15,12 @@ from flowserve.models.base import Chain, Flow, StandardNormal, Transform, regist
 from flowserve.models.made import MADE
 
 __all__ = [
+    "LOG_SCALE_BUDGET",
     "ElementwiseAffine",
     "ElementwiseTransform",
     "Invert",
     "MaskedAutoregressiveTransform",
+    "affine_bound",
     "alternating_order",
     "build_iaf",
     "build_maf",
@@ -85,12 +87,18 @@ class MaskedAutoregressiveTransform(Transform):
     ``forward`` (data to latent) is one MADE pass. ``inverse`` is the exact sequential inverse:
     ``dim`` passes, each fixing one more coordinate in the autoregressive order.
 
+    The MADE sees ``squash * tanh(x / squash)`` rather than ``x``: a smooth bijective
+    re-coding of its input (nearly the identity on standardized data) that keeps the predicted
+    parameters bounded for inputs far outside the data, so shifts cannot grow with ``|x|`` and
+    compound across layers.
+
     Arguments:
         dim: The number of features.
         univariate: The element-wise bijection (its parameters come from the MADE).
         hidden: The width of the MADE's hidden layers.
         hidden_layers: The number of MADE hidden layers.
         order: The autoregressive order, a permutation of ``1..dim`` (default ``1..dim``).
+        squash: The soft limit on the MADE's inputs (``None`` feeds ``x`` as is).
 
     References:
         | Masked Autoregressive Flow for Density Estimation (Papamakarios et al., 2017)
@@ -110,14 +118,21 @@ class MaskedAutoregressiveTransform(Transform):
         hidden: int = 64,
         hidden_layers: int = 2,
         order: Tensor | None = None,
+        squash: float | None = 10.0,
     ) -> None:
         super().__init__()
         self.dim = dim
         self.univariate = univariate
         self.made = MADE(dim, univariate.num_params, hidden, hidden_layers, order)
+        self.squash = None if squash is None else float(squash)
+
+    def _params(self, x: Tensor) -> Tensor:
+        if self.squash is not None:
+            x = self.squash * torch.tanh(x / self.squash)
+        return self.made(x)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z, ld = self.univariate(x, self.made(x))
+        z, ld = self.univariate(x, self._params(x))
         return z, ld.sum(dim=-1)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -126,7 +141,7 @@ class MaskedAutoregressiveTransform(Transform):
         x = torch.zeros_like(z)
         ld = z.new_zeros(z.shape)
         for _ in range(self.dim):
-            x, ld = self.univariate.inverse(z, self.made(x))
+            x, ld = self.univariate.inverse(z, self._params(x))
         return x, ld.sum(dim=-1)
 
 
@@ -148,6 +163,16 @@ class Invert(Transform):
         return self.transform(z)
 
 
+# The log-scales of a whole stack stay within ±LOG_SCALE_BUDGET (at most ±3 per layer): even
+# |x| = 1e4 then maps to |z| < 1e15, whose square is far from float32's overflow (3e38).
+LOG_SCALE_BUDGET = 24.0
+
+
+def affine_bound(layers: int) -> float:
+    """The per-layer log-scale bound of an affine stack of ``layers`` layers."""
+    return min(3.0, LOG_SCALE_BUDGET / layers)
+
+
 def alternating_order(dim: int, layer: int) -> Tensor:
     """The order of layer ``layer``: ``1..dim``, reversed on odd layers so that every feature
     is conditioned on every other one somewhere in the stack."""
@@ -160,7 +185,9 @@ def build_maf(dim: int, layers: int = 5, hidden: int = 64, hidden_layers: int = 
     """A masked autoregressive flow: density (data to latent) in one pass, sampling in ``dim``.
 
     Each layer is an affine :class:`MaskedAutoregressiveTransform` (soft-clamped log-scales,
-    identity at initialization); the autoregressive order is reversed between layers.
+    identity at initialization); the autoregressive order is reversed between layers. The
+    log-scale bound per layer is ``min(3, 24 / layers)`` so that the scales of the whole stack
+    cannot compound past ``exp(±24)``.
 
     Arguments:
         dim: The number of features.
@@ -180,7 +207,11 @@ def build_maf(dim: int, layers: int = 5, hidden: int = 64, hidden_layers: int = 
     check_hparams(dim=dim, layers=layers, hidden=hidden, hidden_layers=hidden_layers)
     transforms = [
         MaskedAutoregressiveTransform(
-            dim, ElementwiseAffine(), hidden, hidden_layers, alternating_order(dim, i)
+            dim,
+            ElementwiseAffine(affine_bound(layers)),
+            hidden,
+            hidden_layers,
+            alternating_order(dim, i),
         )
         for i in range(layers)
     ]
@@ -193,7 +224,8 @@ def build_iaf(dim: int, layers: int = 5, hidden: int = 64, hidden_layers: int = 
 
     Each layer is an inverted affine :class:`MaskedAutoregressiveTransform`, so
     ``x_i = z_i * exp(s_i(z_<i)) + t_i(z_<i)`` in one MADE pass; ``log_prob`` runs the exact
-    sequential inverse. The autoregressive order is reversed between layers.
+    sequential inverse. The autoregressive order is reversed between layers, and the log-scale
+    bound per layer is ``min(3, 24 / layers)`` as in :func:`build_maf`.
 
     Arguments:
         dim: The number of features.
@@ -214,7 +246,11 @@ def build_iaf(dim: int, layers: int = 5, hidden: int = 64, hidden_layers: int = 
     transforms = [
         Invert(
             MaskedAutoregressiveTransform(
-                dim, ElementwiseAffine(), hidden, hidden_layers, alternating_order(dim, i)
+                dim,
+                ElementwiseAffine(affine_bound(layers)),
+                hidden,
+                hidden_layers,
+                alternating_order(dim, i),
             )
         )
         for i in range(layers)
