@@ -110,7 +110,7 @@ def _rows_named(rows: list[Any], names: list[str]) -> np.ndarray:
     return out
 
 
-def _diagnose(rows: list[Any], dim: int) -> InvalidInput:
+def _diagnose(rows: list[Any], dim: int, strict: bool = False) -> InvalidInput | None:
     """The first concrete problem in rows that numpy could not turn into a number matrix."""
     for i, row in enumerate(rows):
         if not isinstance(row, list):
@@ -124,7 +124,7 @@ def _diagnose(rows: list[Any], dim: int) -> InvalidInput:
         for j, v in enumerate(row):
             if isinstance(v, bool) or not isinstance(v, int | float):
                 return InvalidInput(f"row {i}, column {j} is not a number: {v!r}", row=i, column=j)
-    return InvalidInput("inputs must be a list of rows of numbers")
+    return None if strict else InvalidInput("inputs must be a list of rows of numbers")
 
 
 def check_finite(rows: np.ndarray, what: str = "inputs") -> None:
@@ -155,15 +155,26 @@ def _as_rows(arr: np.ndarray, manifest: Manifest, what: str) -> np.ndarray:
         )
     if len(arr) == 0:
         raise InvalidInput(f"{what} is empty: send at least one row")
-    rows = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # overflow becomes Inf, reported by check_finite
+        rows = np.ascontiguousarray(arr, dtype=np.float32)
     check_finite(rows, what)
     return rows
 
 
 def rows_from_json(
-    value: Any, manifest: Manifest, max_rows: int, *, named: bool = True, what: str = "inputs"
+    value: Any,
+    manifest: Manifest,
+    max_rows: int,
+    *,
+    named: bool = True,
+    what: str = "inputs",
+    scan_types: bool = False,
 ) -> np.ndarray:
-    """Validated float32 ``[N, dim]`` rows from a JSON ``inputs`` value."""
+    """Validated float32 ``[N, dim]`` rows from a JSON ``inputs`` value.
+
+    numpy turns ``true``/``false`` into 1/0 silently; ``scan_types=True`` (set when the raw body
+    contains such literals, a cheap byte search) checks every value's type first.
+    """
     if not isinstance(value, list):
         raise InvalidInput(f"{what} must be a list of rows, got {type(value).__name__}")
     if not value:
@@ -179,12 +190,16 @@ def rows_from_json(
         if not named:
             raise InvalidInput(f"{what} must be lists of numbers here, not objects")
         return _as_rows(_rows_named(value, manifest.feature_names), manifest, what)
+    if scan_types:
+        err = _diagnose(value, manifest.dim, strict=True)
+        if err is not None:
+            raise err
     try:
         arr = np.array(value)
     except (ValueError, TypeError):  # ragged rows
-        raise _diagnose(value, manifest.dim) from None
+        raise _diagnose(value, manifest.dim) or InvalidInput("inputs are not numbers") from None
     if arr.dtype.kind not in "fiu" or arr.ndim != 2:
-        raise _diagnose(value, manifest.dim)
+        raise _diagnose(value, manifest.dim) or InvalidInput("inputs are not rows of numbers")
     if arr.shape[1] != manifest.dim:
         raise InvalidInput(
             f"{what}: expected rows of {manifest.dim} values "

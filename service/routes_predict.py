@@ -87,7 +87,11 @@ async def _rows(
         return codec.rows_from_npy(body, mv.manifest), {}
     payload = _object(codec.loads(body), allowed, {"inputs"})
     rows = codec.rows_from_json(
-        payload["inputs"], mv.manifest, state.settings.max_rows, named=named
+        payload["inputs"],
+        mv.manifest,
+        state.settings.max_rows,
+        named=named,
+        scan_types=b"true" in body or b"false" in body,
     )
     return rows, payload
 

@@ -33,6 +33,8 @@ __all__ = [
     "build_affine_artifact",
     "build_torchscript_only_artifact",
     "corrupt_artifact",
+    "npy_bytes",
+    "npy_load",
 ]
 
 OPSET = 17
@@ -223,3 +225,17 @@ def corrupt_artifact(directory: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def npy_load(data: bytes) -> np.ndarray:
+    import io
+
+    return np.load(io.BytesIO(data), allow_pickle=False)
