@@ -327,3 +327,22 @@ def test_graphs_need_no_torch(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok 100"
     assert json.loads((tmp_path / MANIFEST_FILE).read_text())["torchscript"] is None
+
+
+def test_torchscript_failure_is_optional(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flow TorchScript cannot trace still gets its ONNX artifact, with a logged warning."""
+
+    def untraceable(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("cannot trace this")
+
+    monkeypatch.setattr(export_module, "_export_torchscript", untraceable)
+    rows = raw_rows(100, seed=9)
+    m = export_artifact(
+        affine_flow(rows), tmp_path, name="m", version=1, feature_names=FEATURES, holdout=rows
+    )
+    assert m.torchscript is None and m.parity.torchscript_max_abs_log_prob_diff is None
+    assert not (tmp_path / TORCHSCRIPT_FILE).exists()
+    assert "no TorchScript for family affine" in caplog.text
+    assert cli_main(["verify", str(tmp_path)]) == 0
