@@ -125,6 +125,8 @@ def _select(
         frame = frame.drop(columns=[id_column])
     if frame.shape[1] == 0:
         raise DataError(f"{source}: no feature columns left to train on")
+    if frame.shape[0] == 0:  # checked first: a header-only CSV has untyped (object) columns
+        raise DataError(f"{source}: the data has no rows")
     non_numeric = [
         c
         for c in frame.columns

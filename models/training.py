@@ -60,6 +60,7 @@ __all__ = [
     "TrainResult",
     "TrainingError",
     "build_model",
+    "data_dependent_init",
     "evaluate_nll",
     "export_trained",
     "fit_flow",
@@ -202,6 +203,7 @@ class TrainResult:
     manifest: Manifest
     metrics: dict[str, Any]
     config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch
 
 
 def build_model(config: TrainConfig, prepared: PreparedData) -> Flow:
@@ -213,14 +215,21 @@ def build_model(config: TrainConfig, prepared: PreparedData) -> Flow:
         flow = build_flow(config.family, dim=prepared.dim, **hparams)
     except TypeError as e:
         raise ConfigError(f"family {config.family!r} does not accept these options: {e}") from e
+    except ValueError as e:  # e.g. a coupling family on 1-D data
+        raise ConfigError(f"cannot build {config.family!r} for {prepared.dim} features: {e}") from e
     scale = Standardize(torch.from_numpy(prepared.mean), torch.from_numpy(prepared.scale))
     return flow.set_preprocess(scale)
 
 
-@torch.no_grad()
-def _data_dependent_init(flow: Flow, train: np.ndarray) -> None:
+def data_dependent_init(flow: Flow, train: np.ndarray) -> None:
+    """One forward pass on a real training batch, in training mode with gradients enabled (as
+    Glow's actnorm requires), before Lightning wraps the model: every DDP replica starts from the
+    same statistics, and a resumed checkpoint overwrites them anyway."""
     flow.train()
-    flow.log_prob(torch.from_numpy(np.ascontiguousarray(train[:INIT_ROWS], dtype=np.float32)))
+    rows = torch.from_numpy(np.ascontiguousarray(train[:INIT_ROWS], dtype=np.float32))
+    with torch.enable_grad():
+        flow.log_prob(rows)
+    flow.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()
@@ -252,7 +261,7 @@ def fit_flow(
     if resume is not None and not Path(resume).is_file():
         raise ConfigError(f"{resume}: no such checkpoint to resume from")
     L.seed_everything(config.seed, workers=True, verbose=False)
-    _data_dependent_init(flow, prepared.train)
+    data_dependent_init(flow, prepared.train)
     module = FlowModule(flow, config)
     best = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -288,6 +297,7 @@ def fit_flow(
         # Tiny tabular data: Lightning's advice on dataloader workers does not apply.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="lightning")
         trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
     best_path = Path(best.best_model_path) if best.best_model_path else None
     last_path = checkpoint_dir / "last.ckpt"
@@ -414,7 +424,7 @@ def export_trained(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return TrainResult(final, manifest, metrics, config_dict)
+    return TrainResult(final, manifest, metrics, config_dict, list(fit.history))
 
 
 def train(
