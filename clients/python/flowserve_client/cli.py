@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._client import FlowClient
-from ._exceptions import FlowServeError
+from ._exceptions import FlowServeError, InvalidInput
 
 __all__ = ["OUTPUT_COLUMNS", "configure", "iter_chunks", "run", "score_file"]
 
@@ -130,7 +130,8 @@ def _write(frame: Any, out: IO[str], header: bool, progress: Any) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``flowserve score``; returns the exit status (0 ok, 1 service error, 2 bad input)."""
+    """Run ``flowserve score``; returns the exit status: 0 ok, 1 the service failed or could not
+    be reached, 2 bad arguments or bad input (also when the service rejects the rows)."""
     if args.version is not None and args.model is None:
         print("flowserve score: error: --version needs --model", file=sys.stderr)
         return 2
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
             )
         except FlowServeError as e:
             print(f"flowserve score: error: {e}", file=sys.stderr)
-            return 1
+            return 2 if isinstance(e, InvalidInput) else 1
         except (ValueError, OSError) as e:
             print(f"flowserve score: error: {e}", file=sys.stderr)
             return 2
