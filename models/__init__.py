@@ -9,6 +9,7 @@ Example:
 
 from flowserve.models import (  # noqa: F401  (importing registers each family)
     autoregressive,
+    continuous,
     coupling,
     glow,
     planar,

@@ -13,11 +13,13 @@ The solver is classical RK4 with ``steps`` equal steps on ``t in [0, 1]``: a fix
 and exports to ONNX. ``inverse`` solves the same ODE backwards with the same solver. The discrete
 map is therefore invertible only up to the solver error (``O(1/steps^4)``), and the log-determinant
 is the RK4 quadrature of the trace along the RK4 path, not the log-determinant of the discrete
-map: both errors shrink as ``steps`` grows (the exported manifest records the measured round trip). With tiny
-dynamics nets and ``steps=8`` the float32 round trip is below ``1e-4``.
+map: both errors shrink as ``steps`` grows (the export records the measured round trip). With
+tiny dynamics nets and ``steps=8`` the float32 round trip is below ``1e-4``.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 from torch import Tensor, nn
@@ -56,14 +58,16 @@ class ODEDynamics(nn.Module):
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
         widths = [dim] + [hidden] * layers + [dim]
-        self.net = nn.ModuleList(_ConcatSquash(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.net = nn.ModuleList(_ConcatSquash(a, b) for a, b in itertools.pairwise(widths))
         # Start close to the identity map: small last layer, so the initial flow is ~ the base.
         with torch.no_grad():
             self.net[-1].linear.weight.mul_(0.01)
             self.net[-1].linear.bias.zero_()
             self.net[-1].time_bias.weight.zero_()
 
-    def forward(self, z: Tensor, t: Tensor, tangents: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, z: Tensor, t: Tensor, tangents: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Return ``f(z, t)`` and ``J @ tangents``.
 
         ``tangents`` is ``[batch, dim, k]`` (``k`` directions per row); ``None`` means the identity
@@ -105,7 +109,9 @@ class FFJORD(Transform):
         | https://arxiv.org/abs/1806.07366
     """
 
-    def __init__(self, dynamics: ODEDynamics, steps: int = 8, estimator: str = "hutchinson") -> None:
+    def __init__(
+        self, dynamics: ODEDynamics, steps: int = 8, estimator: str = "hutchinson"
+    ) -> None:
         super().__init__()
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
