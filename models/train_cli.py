@@ -103,10 +103,14 @@ def run(args: argparse.Namespace) -> int:
     from flowserve.models.config import ConfigError
     from flowserve.models.data import DataError
 
-    try:
-        return _run(args)
-    except (DataError, ConfigError) as e:
-        return _error(str(e))
+    with warnings.catch_warnings():
+        # Warnings about the data (NaN rows dropped) as one readable line each.
+        warnings.simplefilter("default", UserWarning)
+        warnings.showwarning = _show_warning
+        try:
+            return _run(args)
+        except (DataError, ConfigError) as e:
+            return _error(str(e))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -128,8 +132,6 @@ def _run(args: argparse.Namespace) -> int:
         name = args.name or args.data.stem
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.simplefilter("default", UserWarning)  # NaN-row warnings show once, not as errors
-    warnings.showwarning = _show_warning
     try:
         result = train(
             data,
