@@ -1,0 +1,78 @@
+# flowserve: the serving image (default target) and a training image (--target train).
+#
+#   docker build -t flowserve .                                   # serve: no torch, < 500 MB
+#   docker run --rm -p 8000:8000 flowserve                         # the bundled default model
+#   docker run --rm -p 8000:8000 -v "$PWD/models:/models:ro" flowserve   # your model repository
+#   docker build --target train -t flowserve-train \
+#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .   # see docs/docker.md
+#   docker run --rm -v "$PWD:/work" -w /work flowserve-train flowserve train ...
+#
+# Classic-builder syntax only (no RUN --mount, COPY --chmod or heredocs), so it builds with or
+# without BuildKit.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# ---- builder: a virtual environment with the serving dependencies and flowserve itself ----------
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first, from pyproject.toml alone (empty packages stand in for the sources), so that
+# editing code does not re-download them.
+COPY pyproject.toml README.md ./
+RUN mkdir -p flowserve models service clients/python/flowserve_client \
+ && touch flowserve/__init__.py models/__init__.py service/__init__.py \
+          clients/python/flowserve_client/__init__.py \
+ && pip install ".[serve]" \
+ && pip uninstall -y flowserve \
+ && rm -rf flowserve models service clients
+COPY flowserve ./flowserve
+COPY models ./models
+COPY service ./service
+COPY clients/python/flowserve_client ./clients/python/flowserve_client
+RUN pip install --no-deps . \
+ && python -c "import flowserve.service.app, flowserve_client; print('flowserve installed')"
+
+# ---- base: what both runnable images share ------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH \
+    FLOWSERVE_HOST=0.0.0.0 \
+    FLOWSERVE_PORT=8000 \
+    FLOWSERVE_WORKERS=1 \
+    FLOWSERVE_MODEL_ROOT=/models \
+    FLOWSERVE_LOG_LEVEL=info
+# A fixed numeric uid, so Kubernetes' runAsNonRoot can verify it.
+RUN groupadd --system --gid 10001 flowserve \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /home/flowserve --create-home \
+            --shell /usr/sbin/nologin flowserve
+WORKDIR /home/flowserve
+
+# ---- train: the serving image plus torch and the training extra ---------------------------------
+# TORCH_SPEC pins torch (the project is tested with 2.13.0). PyPI's Linux torch wheels are CUDA
+# builds (several GB with their nvidia-* dependencies); where the PyTorch CPU index is reachable,
+# pass --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu for a ~1 GB image.
+FROM builder AS train-builder
+ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_INDEX_URL=
+RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC" \
+ && pip install ".[train]"
+
+FROM base AS train
+COPY --from=train-builder /opt/venv /opt/venv
+USER 10001:10001
+CMD ["flowserve", "--help"]
+
+# ---- runtime (default): serve models from /models over HTTP ------------------------------------
+FROM base AS runtime
+COPY --from=builder /opt/venv /opt/venv
+# The bundled default model, so the image answers with nothing mounted; mount a model repository
+# (<name>/<version>/ directories) over /models to serve your own.
+COPY --from=builder --chown=10001:10001 /src/flowserve/default_model /models
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('FLOWSERVE_PORT', '8000'), timeout=4)" || exit 1
+CMD ["flowserve", "serve"]
