@@ -250,14 +250,27 @@ def _base_spec(flow: Flow) -> BaseSpec:
 
 
 def _preprocessing(flow: Flow, given: Preprocessing | None) -> Preprocessing:
-    if given is not None:
-        return given
+    """The manifest's preprocessing: ``given``, checked against what the graphs really apply."""
+    applied = Preprocessing()
     if isinstance(flow.preprocess, Standardize):
-        return Preprocessing(
+        applied = Preprocessing(
             standardize_mean=flow.preprocess.mean.detach().cpu().double().reshape(-1).tolist(),
             standardize_scale=flow.preprocess.scale.detach().cpu().double().reshape(-1).tolist(),
         )
-    return Preprocessing()
+    if given is None:
+        return applied
+    for field in ("standardize_mean", "standardize_scale"):
+        claimed, actual = getattr(given, field), getattr(applied, field)
+        # The graphs take raw rows: a standardization the flow does not apply would be a lie.
+        if (claimed is None) != (actual is None) or (
+            claimed is not None and not np.allclose(claimed, actual, rtol=1e-5, atol=1e-6)
+        ):
+            raise ValueError(
+                f"preprocessing.{field} does not match the flow's Standardize preprocess "
+                f"({'absent' if actual is None else 'different values'}); set it with "
+                "flow.set_preprocess(Standardize(mean, scale))"
+            )
+    return given
 
 
 def _library_versions() -> dict[str, str]:

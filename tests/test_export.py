@@ -27,6 +27,7 @@ from flowserve.artifact import (
     TORCHSCRIPT_FILE,
     Manifest,
     Metrics,
+    Preprocessing,
     sha256_file,
     verify_artifact,
 )
@@ -257,6 +258,17 @@ def test_bad_arguments_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="3 feature_names"):
         export_artifact(
             flow, tmp_path, name="m", version=1, feature_names=FEATURES[:3], holdout=rows
+        )
+    claimed = Preprocessing(standardize_mean=[0.0] * DIM, standardize_scale=[1.0] * DIM)
+    with pytest.raises(ValueError, match="standardize_mean does not match"):
+        export_artifact(
+            flow,
+            tmp_path,
+            name="m",
+            version=1,
+            feature_names=FEATURES,
+            holdout=rows,
+            preprocessing=claimed,
         )
 
 
