@@ -364,3 +364,15 @@ def test_torchscript_failure_is_optional(
     assert not (tmp_path / TORCHSCRIPT_FILE).exists()
     assert "no TorchScript for family affine" in caplog.text
     assert cli_main(["verify", str(tmp_path)]) == 0
+
+
+def test_float64_training_flow_is_exported_in_float32_and_left_untouched(tmp_path: Path) -> None:
+    rows = raw_rows(100, seed=10)
+    flow = affine_flow(rows).double().train()
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    m = export_artifact(flow, tmp_path, name="m", version=1, feature_names=FEATURES, holdout=rows)
+    assert flow.training and all(v.dtype == torch.float64 for v in flow.state_dict().values())
+    assert all(torch.equal(before[k], v) for k, v in flow.state_dict().items())
+    sess = ort.InferenceSession(str(tmp_path / FORWARD_GRAPH), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].type == "tensor(float)"
+    assert m.parity.max_abs_log_prob_diff <= m.parity.log_prob_tolerance
