@@ -167,17 +167,24 @@ def main() -> int:
         bare, base_bare = serve_bare(tmp)
         procs.append(bare)
 
+        inline, base_inline = serve(root, "--no-batching", "--inline-max-rows", "8")
+        procs.append(inline)
+
         # 1. single-row JSON requests/s vs a bare FastAPI endpoint (8 clients)
-        svc, raw = [], []
-        for _ in range(repeats):
-            svc.append(asyncio.run(load(f"{base_off}/log_prob", body, 8, n_single))[0])
-            raw.append(asyncio.run(load(f"{base_bare}/log_prob", body, 8, n_single))[0])
-        s, b = statistics.median(svc), statistics.median(raw)
         print("\n== single-row JSON /log_prob, 8 clients (median of 3)")
-        print(
-            f"service {s:8.0f} req/s   bare FastAPI {b:8.0f} req/s   "
-            f"ratio {s / b:.2f}  (target >= 0.85)"
-        )
+        for label, base in (
+            ("worker thread", base_off),
+            ("inline (--inline-max-rows 8)", base_inline),
+        ):
+            svc, raw = [], []
+            for _ in range(repeats):
+                svc.append(asyncio.run(load(f"{base}/log_prob", body, 8, n_single))[0])
+                raw.append(asyncio.run(load(f"{base_bare}/log_prob", body, 8, n_single))[0])
+            s, b = statistics.median(svc), statistics.median(raw)
+            print(
+                f"service, {label}: {s:6.0f} req/s   bare FastAPI {b:6.0f} req/s   "
+                f"ratio {s / b:.2f}  (target >= 0.85)"
+            )
 
         # 2. latency under concurrency, batching on/off
         print("\n== latency (ms), single-row JSON /log_prob")

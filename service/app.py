@@ -72,6 +72,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         max_delay_s=settings.max_batch_delay_ms / 1000.0,
         threads=settings.inference_threads,
         on_batch=metrics.observe_batch,
+        inline_max_rows=settings.inline_max_rows,
     )
     state = ServiceState(settings, repository, engine, metrics)
 
@@ -103,14 +104,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimit, max_body_bytes=settings.max_body_bytes, on_reject=metrics.error
     )
+    # Most-called routes first: Starlette matches routes in order, and matching is per request.
+    app.include_router(prediction_router(_default, "", "default model"))
+    app.include_router(prediction_router(_named, "/models/{name}", "named model"))
+    app.include_router(
+        prediction_router(_versioned, "/models/{name}/versions/{version}", "versioned model")
+    )
     app.include_router(health_router)
     app.include_router(models_router)
     app.include_router(admin_router)
     app.include_router(kserve_v2_router())
-    app.include_router(
-        prediction_router(_versioned, "/models/{name}/versions/{version}", "versioned model")
-    )
-    app.include_router(prediction_router(_named, "/models/{name}", "named model"))
-    app.include_router(prediction_router(_default, "", "default model"))
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -162,8 +162,10 @@ class InferenceEngine:
         max_delay_s: float = 0.0,
         threads: int = 2,
         on_batch: Callable[[int, int], None] | None = None,
+        inline_max_rows: int = 0,
     ) -> None:
         self.batching = batching
+        self.inline_max_rows = inline_max_rows
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.threads = threads
@@ -203,6 +205,9 @@ class InferenceEngine:
     async def _graph(
         self, model: FlowModel, rows: np.ndarray, role: str, call: GraphCall
     ) -> Outputs:
+        if len(rows) <= self.inline_max_rows:
+            # Opt-in: for small models a thread hop costs more than the inference itself.
+            return call(model, rows)
         if self.batching:
             return await self._batcher(model, role, call).submit(model, rows)
         return await anyio.to_thread.run_sync(call, model, rows, limiter=self.limiter)

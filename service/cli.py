@@ -28,6 +28,7 @@ _FLAGS: dict[str, str] = {
     "ort_intra_op_threads": "ort_intra_op_threads",
     "ort_inter_op_threads": "ort_inter_op_threads",
     "inference_threads": "inference_threads",
+    "inline_max_rows": "inline_max_rows",
     "runtime": "runtime",
     "batching": "batching",
     "max_batch_size": "max_batch_size",
@@ -55,6 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     a("--ort-intra-op-threads", type=int, help="ONNX Runtime threads per call")
     a("--ort-inter-op-threads", type=int, help="ONNX Runtime inter-op threads")
     a("--inference-threads", type=int, help="concurrent inference calls")
+    a("--inline-max-rows", type=int, help="run tiny requests on the event loop (small models)")
     a("--runtime", choices=["onnx", "torchscript"], help="prefer TorchScript (needs torch)")
     a(
         "--batching",

@@ -74,12 +74,12 @@ _ERR = {404: {"model": ErrorBody}, 401: {"model": ErrorBody}}
 
 
 @models_router.get("", response_model=ModelList, summary="All models and their versions")
-def list_models(state: State) -> ModelList:
+async def list_models(state: State) -> ModelList:
     return model_list(state.repository.snapshot)
 
 
 @models_router.get("/{name}", response_model=ModelInfo, responses=_ERR, summary="One model")
-def get_model(name: str, state: State) -> ModelInfo:
+async def get_model(name: str, state: State) -> ModelInfo:
     return model_info(state.repository.snapshot, name)
 
 
@@ -89,7 +89,7 @@ def get_model(name: str, state: State) -> ModelInfo:
     responses=_ERR,
     summary="One model version (failed versions say why)",
 )
-def get_version(name: str, version: str, state: State) -> VersionInfo:
+async def get_version(name: str, version: str, state: State) -> VersionInfo:
     info = model_info(state.repository.snapshot, name)
     for v in info.versions:
         if str(v.version) == version.strip():
@@ -102,7 +102,7 @@ health_router = APIRouter(tags=["health"])
 
 
 @health_router.get("/healthz", response_model=HealthResponse, summary="Liveness")
-def healthz() -> HealthResponse:
+async def healthz() -> HealthResponse:
     return HealthResponse()
 
 
@@ -120,7 +120,7 @@ def readiness(state: ServiceState) -> tuple[bool, dict[str, int | None], list[st
     responses={503: {"model": ErrorBody, "description": "no model loaded yet"}},
     summary="Readiness: models loaded and warmed up",
 )
-def readyz(state: State) -> Response:
+async def readyz(state: State) -> Response:
     ready, models, failed = readiness(state)
     if not ready:
         why = "models are still loading" if not state.repository.loaded else "no model is ready"
@@ -131,7 +131,7 @@ def readyz(state: State) -> Response:
 
 
 @health_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-def metrics(state: State) -> Response:
+async def metrics(state: State) -> Response:
     snap = state.repository.snapshot
     state.metrics.models_ready.set(len(snap.ready_versions()))
     state.metrics.models_failed.set(len(snap.failed_versions()))

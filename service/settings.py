@@ -42,6 +42,12 @@ class ServiceSettings(BaseSettings):
     ort_intra_op_threads: int = Field(1, ge=0, description="0 lets ONNX Runtime choose")
     ort_inter_op_threads: int = Field(1, ge=0)
     inference_threads: int = Field(2, ge=1, description="threads running inference calls")
+    inline_max_rows: int = Field(
+        0,
+        ge=0,
+        description="run requests of at most this many rows on the event loop, skipping the "
+        "thread hop (only for small, fast models; 0 = always in a worker thread)",
+    )
     runtime: Literal["onnx", "torchscript"] = Field(
         "onnx", description="prefer TorchScript where an artifact has one (needs torch)"
     )

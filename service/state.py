@@ -38,7 +38,13 @@ def get_state(request: Request) -> ServiceState:
     return request.app.state.flowserve
 
 
-State = Annotated[ServiceState, Depends(get_state)]
+# Dependencies are ``async def`` on purpose: FastAPI runs plain ``def`` dependencies in a worker
+# thread, a hop that cost more than the whole inference of a small request.
+async def _state_dep(request: Request) -> ServiceState:
+    return request.app.state.flowserve
+
+
+State = Annotated[ServiceState, Depends(_state_dep)]
 
 
 def require_api_key(request: Request) -> None:
@@ -63,18 +69,22 @@ def require_api_key(request: Request) -> None:
         raise Unauthorized("invalid API key")
 
 
-ApiKey = Depends(require_api_key)
+async def _api_key_dep(request: Request) -> None:
+    require_api_key(request)
 
 
-def _default(request: Request) -> ModelVersion:
+ApiKey = Depends(_api_key_dep)
+
+
+async def _default(request: Request) -> ModelVersion:
     return get_state(request).repository.snapshot.resolve()
 
 
-def _named(request: Request, name: str) -> ModelVersion:
+async def _named(request: Request, name: str) -> ModelVersion:
     return get_state(request).repository.snapshot.resolve(name)
 
 
-def _versioned(request: Request, name: str, version: str) -> ModelVersion:
+async def _versioned(request: Request, name: str, version: str) -> ModelVersion:
     return get_state(request).repository.snapshot.resolve(name, version)
 
 
