@@ -8,7 +8,9 @@ directory and writes ``manifest.json`` last. Any failed check raises :class:`Exp
 the measured error and its tolerance, and no manifest is left behind.
 
 Graphs take flat raw rows ``[batch, dim]`` float32 with a dynamic batch axis; the flow's
-preprocessing and any reshaping to ``flow.event_shape`` (image flows) happen inside the graph.
+preprocessing and any reshaping happen inside the graph: rows are reshaped to the flow's data shape
+(what ``flow.decode`` returns per row, e.g. ``(C, H, W)`` for image flows) and latents to
+``flow.event_shape`` (the base's shape).
 
 Example:
     >>> import numpy as np, tempfile, pathlib
@@ -66,6 +68,7 @@ __all__ = [
     "ForwardGraph",
     "InverseGraph",
     "TwoWayModule",
+    "data_shape",
     "export_artifact",
     "export_onnx",
     "onnx_session",
@@ -95,16 +98,24 @@ class ExportError(Exception):
     """Export failed (graph export, parity or round trip); the message names the measured error."""
 
 
+def data_shape(flow: Flow) -> tuple[int, ...]:
+    """Shape of one data row: what ``flow.decode`` returns per row (the base's ``event_shape``
+    for most flows; ``(C, H, W)`` for image flows whose latents are flat)."""
+    with torch.no_grad():
+        z = torch.zeros((1, *flow.event_shape), dtype=torch.float32)
+        return tuple(int(s) for s in flow.decode(z).shape[1:])
+
+
 class ForwardGraph(nn.Module):
     """Flat raw rows ``x [batch, dim]`` -> ``(z [batch, dim], log_prob [batch])``."""
 
-    def __init__(self, flow: Flow) -> None:
+    def __init__(self, flow: Flow, row_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.flow = flow
-        self.event_shape = tuple(int(s) for s in flow.event_shape)
+        self.row_shape = row_shape
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z, log_prob = self.flow(x.reshape((x.shape[0], *self.event_shape)))
+        z, log_prob = self.flow(x.reshape((x.shape[0], *self.row_shape)))
         return z.reshape(x.shape[0], -1), log_prob
 
 
@@ -124,9 +135,9 @@ class InverseGraph(nn.Module):
 class TwoWayModule(nn.Module):
     """Both directions in one module, for TorchScript: ``forward(x)`` and ``inverse(z)``."""
 
-    def __init__(self, flow: Flow) -> None:
+    def __init__(self, flow: Flow, row_shape: tuple[int, ...]) -> None:
         super().__init__()
-        self.fwd = ForwardGraph(flow)
+        self.fwd = ForwardGraph(flow, row_shape)
         self.inv = InverseGraph(flow)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -370,15 +381,20 @@ def export_artifact(
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
 
     model = copy.deepcopy(flow).to(device="cpu", dtype=torch.float32).eval()
-    input_shape = [int(s) for s in model.event_shape]
-    dim = math.prod(input_shape)
+    row_shape = data_shape(model)
+    dim = math.prod(row_shape)
+    if dim != math.prod(model.event_shape):
+        raise ExportError(
+            f"data rows of shape {list(row_shape)} and latents of shape "
+            f"{list(model.event_shape)} differ in size: the graphs need flat z of width {dim}"
+        )
     if len(feature_names) != dim:
         raise ValueError(f"{len(feature_names)} feature_names for a flow of dim {dim}")
     rows = _holdout(holdout, dim)
     check = rows[:PARITY_ROWS]
     base = _base_spec(model)
 
-    fwd, inv = ForwardGraph(model).eval(), InverseGraph(model).eval()
+    fwd, inv = ForwardGraph(model, row_shape).eval(), InverseGraph(model).eval()
     x_example = torch.from_numpy(check[: min(8, len(check))].copy())
     with torch.no_grad():
         z_example, _ = fwd(x_example)
@@ -433,7 +449,9 @@ def export_artifact(
     if torchscript:
         ts_path = out_dir / TORCHSCRIPT_FILE
         try:
-            _export_torchscript(TwoWayModule(model).eval(), x_example, z_example, ts_path)
+            _export_torchscript(
+                TwoWayModule(model, row_shape).eval(), x_example, z_example, ts_path
+            )
         except Exception as e:  # TorchScript is optional; the ONNX graphs are the contract
             ts_path.unlink(missing_ok=True)
             log.warning(
@@ -463,7 +481,7 @@ def export_artifact(
         family=str(model.family),
         hyperparameters=dict(model.hparams),
         dim=dim,
-        input_shape=input_shape,
+        input_shape=list(row_shape),
         feature_names=list(feature_names),
         base=base,
         preprocessing=_preprocessing(model, preprocessing),
