@@ -12,6 +12,7 @@ from flowserve.models import (  # noqa: F401  (importing registers each family)
     continuous,
     coupling,
     glow,
+    image,
     planar,
     spline,
 )
