@@ -110,7 +110,8 @@ def rational_quadratic_spline(
     inside = (x >= -bound) & (x <= bound)
     value = x.clamp(-bound, bound)
     knots = ys if inverse else xs
-    # Bin index = number of interior knots at or below the value (no searchsorted: branch-free).
+    # Bin index = number of interior knots at or below the value: torch.searchsorted exports
+    # with neither ONNX exporter of torch 2.13, comparisons and a sum do.
     k = (value[..., None] >= knots[..., 1:-1]).sum(dim=-1, keepdim=True)
 
     x0, x1 = xs.gather(-1, k), xs.gather(-1, k + 1)
