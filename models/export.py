@@ -57,6 +57,7 @@ from flowserve.artifact import (
     write_manifest,
 )
 from flowserve.models.base import Flow, Standardize
+from flowserve.models.verify_cli import roundtrip_error
 
 __all__ = [
     "LOG_PROB_ATOL",
@@ -313,7 +314,7 @@ def _export_torchscript(module: TwoWayModule, x: Tensor, z: Tensor, path: Path) 
 
 
 def _torchscript_parity(
-    path: Path, x: Tensor, z: Tensor, lp_ref: np.ndarray, scale: np.ndarray
+    path: Path, x: Tensor, z: Tensor, lp_ref: np.ndarray, scale: np.ndarray, base: BaseSpec
 ) -> float:
     """Max |log_prob| difference, TorchScript vs torch; raises :class:`ExportError` on failure.
 
@@ -335,10 +336,10 @@ def _torchscript_parity(
             f"TorchScript log_prob disagrees with torch: max |diff| {np.nanmax(diff):.3g} nats "
             f"exceeds the tolerance {LOG_PROB_ATOL:g} + {LOG_PROB_RTOL:g}*|log_prob|"
         )
-    rt = np.abs(np.concatenate(xs).astype(np.float64) - x.numpy()) / scale
-    if not np.max(rt) <= ROUNDTRIP_TOL:
+    rt = roundtrip_error(x.numpy(), np.concatenate(xs), scale, base)
+    if not rt <= ROUNDTRIP_TOL:
         raise ExportError(
-            f"TorchScript round trip x -> z -> x: max |x - x'|/scale {np.nanmax(rt):.3g} "
+            f"TorchScript round trip x -> z -> x: max |x - x'|/scale {rt:.3g} "
             f"exceeds the tolerance {ROUNDTRIP_TOL:g}"
         )
     return float(np.max(diff))
@@ -437,8 +438,7 @@ def export_artifact(
         lambda b: isess.run(["x"], {"z": b}), z_onnx.astype(np.float32), _PARITY_BATCH
     )
     scale = _feature_scale(model, dim)
-    rt_err = np.abs(x_back.astype(np.float64) - check.astype(np.float64)) / scale
-    rt_max = float(np.max(rt_err)) if np.all(np.isfinite(rt_err)) else float("inf")
+    rt_max = roundtrip_error(check, x_back, scale, base)
     if not rt_max <= ROUNDTRIP_TOL:
         raise ExportError(
             f"ONNX round trip x -> z -> x is not exact enough: max |x - x'|/scale {rt_max:.3g} "
@@ -461,7 +461,7 @@ def export_artifact(
                 _first_line(e),
             )
         else:
-            ts_diff = _torchscript_parity(ts_path, x_check, z_ref_t, lp_ref, scale)
+            ts_diff = _torchscript_parity(ts_path, x_check, z_ref_t, lp_ref, scale, base)
 
     # Calibrate on what the service computes: ONNX Runtime log-likelihoods of every holdout row.
     (lp_all,) = _run_batched(lambda b: fsess.run(["log_prob"], {"x": b}), rows)

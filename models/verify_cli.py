@@ -26,9 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from flowserve.artifact import ArtifactError, Manifest, verify_artifact
+from flowserve.artifact import ArtifactError, BaseSpec, Manifest, verify_artifact
 
-__all__ = ["CheckResult", "VerifyError", "check_artifact", "configure", "run"]
+__all__ = [
+    "CheckResult",
+    "VerifyError",
+    "check_artifact",
+    "configure",
+    "roundtrip_error",
+    "run",
+]
 
 # log_prob parity between runtimes, as in export: |diff| <= ATOL + RTOL * |log_prob|.
 _LP_ATOL = 1e-3
@@ -85,6 +92,20 @@ def _feature_scale(manifest: Manifest) -> np.ndarray:
     return np.ones(manifest.dim)
 
 
+def roundtrip_error(x: np.ndarray, x_back: np.ndarray, scale: np.ndarray, base: BaseSpec) -> float:
+    """Max per-feature round-trip error ``|x - x'| / scale`` (inf if anything is not finite).
+
+    With a uniform base (angles on circles and tori) a difference of one whole period is no
+    error: ``-pi`` and ``pi`` are the same angle.
+    """
+    diff = np.abs(np.asarray(x_back, np.float64) - np.asarray(x, np.float64))
+    if base.kind == "uniform" and base.low is not None and base.high is not None:
+        period = base.high - base.low
+        diff = np.abs(diff - period * np.round(diff / period))
+    err = diff / scale
+    return float(np.max(err)) if err.size and np.all(np.isfinite(err)) else float("inf")
+
+
 def check_artifact(directory: Path, samples: int = 256, seed: int = 0) -> list[CheckResult]:
     """Run every check on the artifact in ``directory``; raises :class:`VerifyError` or
     :class:`ArtifactError` naming the first failure, else returns what each check measured."""
@@ -110,7 +131,7 @@ def check_artifact(directory: Path, samples: int = 256, seed: int = 0) -> list[C
     (x2,) = inv.run(["x"], {"z": z2})
     if not (np.isfinite(x).all() and np.isfinite(lp).all() and np.isfinite(x2).all()):
         raise VerifyError("ONNX graphs give non-finite values on base samples")
-    err = float(np.max(np.abs(x2.astype(np.float64) - x) / _feature_scale(manifest)))
+    err = roundtrip_error(x, x2, _feature_scale(manifest), manifest.base)
     tol = manifest.parity.roundtrip_tolerance
     if not err <= tol:
         raise VerifyError(

@@ -25,6 +25,7 @@ from flowserve.artifact import (
     INVERSE_GRAPH,
     MANIFEST_FILE,
     TORCHSCRIPT_FILE,
+    BaseSpec,
     Manifest,
     Metrics,
     Preprocessing,
@@ -44,6 +45,7 @@ from flowserve.models.base import (
     Transform,
 )
 from flowserve.models.export import ExportError, export_artifact
+from flowserve.models.verify_cli import roundtrip_error
 from tests.flow_cases import VECTOR_FAMILIES
 from tests.helpers import randomize
 
@@ -403,3 +405,13 @@ def test_image_family_exports_flat_rows(family: str, tmp_path: Path) -> None:
     inv = ort.InferenceSession(str(tmp_path / INVERSE_GRAPH), providers=["CPUExecutionProvider"])
     assert np.max(np.abs(inv.run(["x"], {"z": z})[0] - x)) < 1e-3
     assert cli_main(["verify", str(tmp_path)]) == 0
+
+
+def test_roundtrip_error_wraps_angles_only_for_uniform_bases() -> None:
+    x = np.array([[-np.pi + 1e-4, 0.5]])
+    back = np.array([[np.pi + 1e-4, 0.5 + 2e-4]])
+    scale = np.ones(2)
+    angles = BaseSpec(kind="uniform", low=-np.pi, high=np.pi)
+    assert roundtrip_error(x, back, scale, angles) == pytest.approx(2e-4)
+    assert roundtrip_error(x, back, scale, BaseSpec()) == pytest.approx(2 * np.pi)
+    assert roundtrip_error(x, back * np.nan, scale, BaseSpec()) == np.inf
