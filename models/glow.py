@@ -111,7 +111,8 @@ class LULinear(Transform):
     def weight(self) -> Tensor:
         """The matrix ``W = P L U``."""
         lower = self._strict_lower() + self.eye
-        upper = self._strict_upper() + torch.diag(self._diag())
+        # eye * diag rather than torch.diag: the TorchScript ONNX exporter lacks aten::diag.
+        upper = self._strict_upper() + self.eye * self._diag()
         return self.perm @ lower @ upper
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

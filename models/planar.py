@@ -79,8 +79,11 @@ class PlanarTransform(Transform):
         u_hat, sp = self._u_hat()
         m = torch.dot(self.w, u_hat)
         c = z @ self.w + self.b
-        lo, hi = c - m.abs(), c + m.abs()
-        a = c
+        lo, hi = _planar_bracket(c, m)
+        # Exact for |c| << 1 (a = c / (1 + m)) and for |c| >> 1 (a = c - m sign(c)).
+        a = torch.minimum(torch.maximum(c - m * torch.tanh(c / (1.0 + m)), lo), hi)
+        step_old = hi - lo
+        step = step_old
         for _ in range(self.iterations):
             t = torch.tanh(a)
             g = a + m * t - c
@@ -89,9 +92,26 @@ class PlanarTransform(Transform):
             hi = torch.where(above, a, hi)
             lo = torch.where(above, lo, a)
             newton = a - g / slope
-            inside = (newton > lo) & (newton < hi)
-            a = torch.where(inside, newton, 0.5 * (lo + hi))
+            # Newton only while it stays in the bracket and its steps shrink geometrically
+            # (half the step before last); otherwise bisect. Plain Newton can cycle on tanh.
+            ok = (newton >= lo) & (newton <= hi) & ((newton - a).abs() <= 0.5 * step_old)
+            nxt = torch.where(ok, newton, 0.5 * (lo + hi))
+            step_old, step = step, (nxt - a).abs()
+            a = nxt
         return z - torch.tanh(a)[:, None] * u_hat, -self._log_det(a, sp)
+
+
+def _planar_bracket(c: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+    """Bounds on the root of ``a + m tanh(a) = c`` (``m > -1``): ``|a - c| <= |m|``, and the root
+    lies between 0 and ``c`` when ``m >= 0``, between ``c`` and ``c - m sign(c)`` when ``m < 0``.
+    """
+    zero = torch.zeros_like(c)
+    lo_pos = torch.maximum(c - m, torch.minimum(c, zero))
+    hi_pos = torch.minimum(c + m, torch.maximum(c, zero))
+    lo_neg = torch.where(c >= 0, c, c + m)
+    hi_neg = torch.where(c >= 0, c - m, c)
+    nonneg = m >= 0
+    return torch.where(nonneg, lo_pos, lo_neg), torch.where(nonneg, hi_pos, hi_neg)
 
 
 class RadialTransform(Transform):
