@@ -7,6 +7,8 @@ through both graphs, TorchScript parity, calibration, and ``flowserve verify``.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import shutil
 import subprocess
@@ -86,9 +88,17 @@ def affine_flow(rows: np.ndarray, seed: int = 0) -> Flow:
     return flow.set_preprocess(standardize_for(rows))
 
 
-def family_flow(family: str, rows: np.ndarray) -> Flow:
+def require_family(family: str, module: str | None = None) -> None:
+    """Skip while ``family`` is not registered (importing its module registers it)."""
+    if family not in FAMILIES and module is not None:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(f"flowserve.models.{module}")
     if family not in FAMILIES:
         pytest.skip(f"family {family!r} is not registered yet")
+
+
+def family_flow(family: str, rows: np.ndarray) -> Flow:
+    require_family(family)
     torch.manual_seed(0)
     flow = build_flow(family, dim=DIM, **VECTOR_FAMILIES[family])
     randomize(flow, seed=0)
@@ -386,8 +396,7 @@ IMAGE_FAMILIES = ["glow_image", "realnvp_image"]
 @pytest.mark.parametrize("family", IMAGE_FAMILIES)
 def test_image_family_exports_flat_rows(family: str, tmp_path: Path) -> None:
     """Image flows take ``[N, C, H, W]`` and give flat latents; the graphs take flat rows."""
-    if family not in FAMILIES:
-        pytest.skip(f"family {family!r} is not registered yet")
+    require_family(family, "image")
     shape = (1, 4, 4)
     torch.manual_seed(0)
     flow = build_flow(family, shape=shape, levels=2, steps=1, hidden=8, num_values=17)
@@ -415,3 +424,37 @@ def test_roundtrip_error_wraps_angles_only_for_uniform_bases() -> None:
     assert roundtrip_error(x, back, scale, angles) == pytest.approx(2e-4)
     assert roundtrip_error(x, back, scale, BaseSpec()) == pytest.approx(2 * np.pi)
     assert roundtrip_error(x, back * np.nan, scale, BaseSpec()) == np.inf
+
+
+def _angles(n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(-4.0, 4.0, (n, 2))  # some outside [-pi, pi): the flow wraps them
+
+
+def _unit_vectors(n: int, rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal((n, 3))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+MANIFOLD_CASES = {
+    "circle": ({"dim": 2, "layers": 2, "bins": 6, "hidden": 16}, _angles),
+    "sphere": ({"dim": 3, "layers": 2, "bins": 6, "hidden": 16}, _unit_vectors),
+}
+
+
+@pytest.mark.parametrize("family", sorted(MANIFOLD_CASES))
+def test_manifold_family_exports(family: str, tmp_path: Path) -> None:
+    require_family(family, "manifold")
+    hparams, data = MANIFOLD_CASES[family]
+    torch.manual_seed(0)
+    flow = build_flow(family, **hparams)
+    randomize(flow, seed=0)
+    rows = data(120, np.random.default_rng(12)).astype(np.float32)
+    names = [f"c{i}" for i in range(rows.shape[1])]
+    m = export_artifact(flow, tmp_path, name="mf", version=1, feature_names=names, holdout=rows)
+    assert m.base.kind == flow.base.kind
+    (lp,) = ort.InferenceSession(str(tmp_path / FORWARD_GRAPH)).run(["log_prob"], {"x": rows})
+    with torch.no_grad():
+        ref = flow.eval().log_prob(torch.from_numpy(rows))
+    np.testing.assert_allclose(lp, ref.numpy(), atol=1e-3, rtol=1e-5)
+    assert m.parity.roundtrip_max_abs_error <= 1e-3
+    assert cli_main(["verify", str(tmp_path)]) == 0
