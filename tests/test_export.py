@@ -7,7 +7,6 @@ through both graphs, TorchScript parity, calibration, and ``flowserve verify``.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import shutil
@@ -91,12 +90,10 @@ def affine_flow(rows: np.ndarray, seed: int = 0) -> Flow:
 
 
 def require_family(family: str, module: str | None = None) -> None:
-    """Skip while ``family`` is not registered (importing its module registers it)."""
+    """Every family must be registered (importing its module registers it)."""
     if family not in FAMILIES and module is not None:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(f"flowserve.models.{module}")
-    if family not in FAMILIES:
-        pytest.skip(f"family {family!r} is not registered yet")
+        importlib.import_module(f"flowserve.models.{module}")
+    assert family in FAMILIES, f"flow family {family!r} is not registered"
 
 
 def family_flow(family: str, rows: np.ndarray) -> Flow:
