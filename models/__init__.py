@@ -13,6 +13,7 @@ from flowserve.models import (  # noqa: F401  (importing registers each family)
     coupling,
     glow,
     image,
+    manifold,
     planar,
     spline,
 )
