@@ -33,8 +33,8 @@ __all__ = [
     "resolve_config",
 ]
 
-# Chosen from measured test NLL on the demo sets (see the training report in the README).
-DEFAULT_FAMILY = "nsf"
+# Chosen from measured test NLL and time on the sensors demo set (docs/training.md).
+DEFAULT_FAMILY = "realnvp"
 
 # Per-family overrides of the generic defaults in TrainConfig; flow options go under "params".
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {

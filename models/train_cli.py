@@ -50,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--demo", metavar="SET", help="train on a generated data set (sensors, moons)"
     )
     parser.add_argument("--demo-rows", type=int, default=4000, help="rows for --demo")
-    parser.add_argument("--family", help="flow family (default from the config, else nsf)")
+    parser.add_argument("--family", help="flow family (default from the config, else realnvp)")
     parser.add_argument("--name", help="model name (default: the data file's stem)")
     parser.add_argument("--out", type=Path, default=Path("artifacts"), help="repository root")
     parser.add_argument("--version", type=int, help="version to write (default: next free)")

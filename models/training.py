@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -121,6 +122,12 @@ class FlowModule(L.LightningModule):
         # checkpoint of epoch k holds the history up to and including epoch k.
         val = self._epoch_mean("val")
         train = self._epoch_mean("train")
+        if not math.isfinite(val):
+            # Early stopping ends the run on this epoch; the best finite epoch is restored.
+            rank_zero_warn(
+                f"validation NLL is {val} at epoch {self.current_epoch}: training diverged; "
+                "stopping and restoring the best epoch (a lower --lr may help)"
+            )
         if not self.trainer.sanity_checking:
             self.history.append(
                 {
@@ -264,15 +271,16 @@ def fit_flow(
     data_dependent_init(flow, prepared.train)
     module = FlowModule(flow, config)
     best = ModelCheckpoint(
-        dirpath=checkpoint_dir,
-        filename="best",
-        monitor="val_nll",
-        mode="min",
-        save_top_k=1,
-        save_last=True,
+        dirpath=checkpoint_dir, filename="best", monitor="val_nll", mode="min", save_top_k=1
+    )
+    # Lightning's save_last only saves on epochs that improved; "last" must be every epoch
+    # (for --resume and for the full loss history).
+    last = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False
     )
     callbacks: list[L.Callback] = [
         best,
+        last,
         EarlyStopping(monitor="val_nll", mode="min", patience=config.patience, check_finite=True),
     ]
     if progress:

@@ -234,6 +234,7 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
         **{**TINY, "epochs": 30, "patience": 2, "lr": 0.5, "grad_clip": 0.0},
     )
     history = result.history
+    assert len(history) > result.metrics["best_epoch"] + 1, "the history goes past the best epoch"
     vals = [h["val_nll"] for h in history]
     best = int(np.nanargmin(vals))
     assert result.metrics["best_epoch"] == history[best]["epoch"]
