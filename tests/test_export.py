@@ -457,3 +457,20 @@ def test_manifold_family_exports(family: str, tmp_path: Path) -> None:
     np.testing.assert_allclose(lp, ref.numpy(), atol=1e-3, rtol=1e-5)
     assert m.parity.roundtrip_max_abs_error <= 1e-3
     assert cli_main(["verify", str(tmp_path)]) == 0
+
+
+def test_verify_cli_reports_an_unloadable_graph(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Garbage with a matching checksum (re-hashed manifest) fails at load, not with a traceback."""
+    rows = raw_rows(60, seed=13)
+    export_artifact(
+        affine_flow(rows), tmp_path, name="m", version=1, feature_names=FEATURES, holdout=rows
+    )
+    (tmp_path / FORWARD_GRAPH).write_bytes(b"not an onnx graph")
+    data = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    data["files"][FORWARD_GRAPH] = sha256_file(tmp_path / FORWARD_GRAPH)
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(data))
+    assert cli_main(["verify", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "forward.onnx does not load in ONNX Runtime" in out and "Traceback" not in out
