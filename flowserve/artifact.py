@@ -185,7 +185,9 @@ class Parity(_Strict):
     rows: int
     max_abs_log_prob_diff: float = Field(description="ONNX Runtime vs torch, nats")
     log_prob_tolerance: float
-    roundtrip_max_abs_error: float = Field(description="max |x - decode(encode(x))| via ONNX")
+    roundtrip_max_abs_error: float = Field(
+        description="max |x - decode(encode(x))| via ONNX, in units of each feature's scale"
+    )
     roundtrip_tolerance: float
     torchscript_max_abs_log_prob_diff: float | None = None
 
