@@ -334,3 +334,21 @@ def test_nan_warning_reaches_the_caller() -> None:
         warnings.simplefilter("always")
         FlowDensityEstimator("realnvp", layers=1, hidden=4, epochs=1).fit(x)
     assert any("1 of 100 rows" in str(w.message) for w in caught)
+
+
+# --- generated data sets ------------------------------------------------------------------------
+
+
+def test_generated_data_sets(tmp_path: Path) -> None:
+    from flowserve.models.datasets import SENSOR_FEATURES
+    from flowserve.models.datasets import main as datasets_main
+
+    a, b = make_dataset("sensors", 100, seed=4), make_dataset("sensors", 100, seed=4)
+    pd.testing.assert_frame_equal(a, b)
+    assert list(a.columns) == SENSOR_FEATURES and np.isfinite(a.to_numpy()).all()
+    odd = sensor_anomalies(100, seed=4)
+    assert odd.shape == (100, 4)
+    with pytest.raises(ValueError, match="unknown demo data set 'x'; known: moons, sensors"):
+        make_dataset("x")
+    assert datasets_main(["moons", str(tmp_path / "m.csv"), "--rows", "30"]) == 0
+    assert load_table(tmp_path / "m.csv").values.shape == (30, 2)
