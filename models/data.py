@@ -280,13 +280,17 @@ def prepare_data(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
+    source: str | None = None,
 ) -> PreparedData:
-    """Load (from a path or an in-memory array/frame), clean, subsample, split, standardize."""
+    """Load (from a path or an in-memory array/frame), clean, subsample, split, standardize.
+
+    ``source`` names in-memory data in messages and in the saved config (default ``"data"``).
+    """
     if isinstance(data, (str, Path)):
         source = str(data)
         table = load_table(data, columns, id_column)
     else:
-        source = "data"
+        source = source or "data"
         table = table_from_array(data, columns, id_column, source)
     table, dropped = clean_table(table, nan_policy, source=source)
     values = table.values

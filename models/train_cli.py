@@ -94,6 +94,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {key: getattr(args, key) for key in _CONFIG_FLAGS}
     for key in ("scheduler", "nan_policy", "accelerator", "devices", "strategy"):
         values[key] = getattr(args, key)
+    if values["devices"] is not None and values["devices"].isdigit():
+        values["devices"] = int(values["devices"])
     if args.param:
         values["params"] = dict(parse_param(p) for p in args.param)
     return values
@@ -127,9 +129,11 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise ConfigError(str(e)) from e
         name = args.name or args.demo
+        source = f"demo:{args.demo} (rows={args.demo_rows}, seed={args.seed or 0})"
     else:
         data = args.data
         name = args.name or args.data.stem
+        source = None
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     try:
@@ -146,6 +150,7 @@ def _run(args: argparse.Namespace) -> int:
             checkpoint_dir=args.checkpoint_dir,
             progress=not args.no_progress,
             torchscript=not args.no_torchscript,
+            source=source,
             **_overrides(args),
         )
     except (ExportError, TrainingError) as e:

@@ -450,6 +450,7 @@ def train(
     progress: bool = True,
     torchscript: bool = True,
     params: dict[str, Any] | None = None,
+    source: str | None = None,
     **hparams: Any,
 ) -> TrainResult | None:
     """Train a flow on ``data`` and export it to ``out/name/<version>/``.
@@ -468,6 +469,7 @@ def train(
         progress: Show a progress bar.
         torchscript: Also export ``model.pt``.
         params: Family-specific flow options (e.g. ``{"bins": 8}``).
+        source: A name for in-memory data, saved in the config (a file's path is used as is).
         hparams: Any :class:`~flowserve.models.config.TrainConfig` field (``epochs``, ``lr``...).
 
     Returns:
@@ -489,6 +491,7 @@ def train(
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
         seed=config.seed,
+        source=source,
     )
     out = Path(out)
     if version is not None and (out / name / str(version)).exists():

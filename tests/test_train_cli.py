@@ -75,6 +75,7 @@ def test_demo_and_params(tmp_path: Path) -> None:
     assert main([*argv, *fam, "--epochs", "1", "--no-progress", "--no-torchscript"]) == 0
     manifest = verify_artifact(tmp_path / "moons" / "1")
     assert manifest.hyperparameters["bins"] == 4 and manifest.family == "nsf"
+    assert manifest.training_config["data"]["source"] == "demo:moons (rows=300, seed=0)"
 
 
 def test_npy_npz_parquet_inputs(tmp_path: Path) -> None:
