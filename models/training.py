@@ -137,8 +137,10 @@ class FlowModule(L.LightningModule):
                     "lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
                 }
             )
-        self.log("val_nll", val, prog_bar=True)
-        self.log("train_nll", train, prog_bar=True)
+        # Already exact over all ranks; sync_dist only averages identical values (and keeps
+        # Lightning from warning about unsynced epoch metrics).
+        self.log("val_nll", val, prog_bar=True, sync_dist=True)
+        self.log("train_nll", train, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         cfg = self.config

@@ -156,3 +156,19 @@ def test_nan_rows_are_dropped_with_a_warning(
     argv = ["train", str(tmp_path / "n.csv"), "--out", str(tmp_path), "--nan-policy", "error"]
     assert main([*argv, *FAST]) == 2
     assert "--nan-policy drop" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_subprocess_launcher_from_the_command_line(tmp_path: Path) -> None:
+    # strategy "ddp" re-launches the command itself for rank 1: the real multi-process path
+    import subprocess
+    import sys
+
+    data = write_csv(tmp_path / "d.csv")
+    argv = [sys.executable, "-m", "flowserve.cli", "train", str(data), "--out", str(tmp_path)]
+    argv += [*FAST, "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "GLOBAL_RANK: 1" in proc.stderr + proc.stdout
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [".checkpoints", "1"]
+    assert verify_artifact(tmp_path / "d" / "1").training_config["devices"] == 2
