@@ -220,8 +220,15 @@ def build_model(config: TrainConfig, prepared: PreparedData) -> Flow:
     if config.family not in FAMILIES:
         raise ConfigError(f"unknown flow family {config.family!r}; known: {', '.join(families())}")
     hparams = flow_hparams(config, FAMILIES[config.family])
+    if "shape" in hparams:
+        # Image families take an event shape (``--param shape=[1,8,8]``); rows are flat pixels.
+        shape = hparams["shape"]
+        if not isinstance(shape, list) or math.prod(int(s) for s in shape) != prepared.dim:
+            raise ConfigError(f"shape {shape} does not hold the {prepared.dim} features per row")
+    else:
+        hparams["dim"] = prepared.dim
     try:
-        flow = build_flow(config.family, dim=prepared.dim, **hparams)
+        flow = build_flow(config.family, **hparams)
     except TypeError as e:
         raise ConfigError(f"family {config.family!r} does not accept these options: {e}") from e
     except ValueError as e:  # e.g. a coupling family on 1-D data
