@@ -315,6 +315,8 @@ def fit_flow(
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
         warnings.filterwarnings("ignore", category=FutureWarning, module="lightning")
+        # Resuming into a new version's checkpoint directory is intended.
+        warnings.filterwarnings("ignore", message="The dirpath has changed from")
         trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
     best_path = Path(best.best_model_path) if best.best_model_path else None
     last_path = checkpoint_dir / "last.ckpt"
