@@ -73,6 +73,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         threads=settings.inference_threads,
         on_batch=metrics.observe_batch,
         inline_max_rows=settings.inline_max_rows,
+        inline_max_s=settings.inline_max_ms / 1000.0,
     )
     state = ServiceState(settings, repository, engine, metrics)
 

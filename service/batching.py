@@ -6,15 +6,20 @@ its first request has waited ``max_delay_s`` (0: take only what is already queue
 server adds no latency), and at most ``max_inflight`` batches run at once, so under load requests
 queue up and leave together. Requests at least ``max_batch_size`` rows long skip the queue.
 
-:class:`InferenceEngine` is what routes call: ``await engine.forward(model, x)`` and
-``await engine.inverse(model, z)``; every call runs in a worker thread (``anyio.to_thread``) with a
-capacity limit, so the event loop never blocks on inference.
+:class:`InferenceEngine` is what routes call: ``await engine.forward(model, x)``,
+``await engine.log_prob(model, x)`` and ``await engine.inverse(model, z)``; every call runs in a
+worker thread (``anyio.to_thread``) with a capacity limit, so the event loop never blocks on
+inference. Two exceptions to the single thread
+call: tiny requests whose measured cost is under ``inline_max_s`` run inline on the event loop (a
+thread hop costs more than they do), and large requests are split into parts that run in parallel
+on the worker threads (ONNX Runtime releases the GIL while it computes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,16 +29,23 @@ import anyio
 import numpy as np
 from anyio import CapacityLimiter
 
-from .runtime import FlowModel
+from .runtime import CHUNK_ROWS, FlowModel
 
 __all__ = ["DynamicBatcher", "InferenceEngine"]
 
 Outputs = tuple[np.ndarray, ...]
 GraphCall = Callable[[FlowModel, np.ndarray], Outputs]
 
+# Smallest part a large request is split into: below this a thread hop is not worth it.
+MIN_PART_ROWS = 8192
+
 
 def _forward(model: FlowModel, x: np.ndarray) -> Outputs:
     return model.forward(x)
+
+
+def _log_prob(model: FlowModel, x: np.ndarray) -> Outputs:
+    return (model.log_prob(x),)
 
 
 def _inverse(model: FlowModel, z: np.ndarray) -> Outputs:
@@ -150,6 +162,12 @@ class DynamicBatcher:
             start = stop
 
 
+def _call_cost_s(model: FlowModel, rows: int) -> float:
+    # Stand-ins for models (tests) may not measure themselves: never inline those.
+    cost = getattr(model, "call_cost_s", None)
+    return cost(rows) if cost is not None else math.inf
+
+
 class InferenceEngine:
     """Runs model graphs in worker threads, through a per-model :class:`DynamicBatcher` when
     batching is on. Batchers are keyed weakly by model, so unloaded versions are forgotten."""
@@ -163,9 +181,11 @@ class InferenceEngine:
         threads: int = 2,
         on_batch: Callable[[int, int], None] | None = None,
         inline_max_rows: int = 0,
+        inline_max_s: float = 0.0,
     ) -> None:
         self.batching = batching
         self.inline_max_rows = inline_max_rows
+        self.inline_max_s = inline_max_s
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.threads = threads
@@ -205,17 +225,43 @@ class InferenceEngine:
     async def _graph(
         self, model: FlowModel, rows: np.ndarray, role: str, call: GraphCall
     ) -> Outputs:
-        if len(rows) <= self.inline_max_rows:
-            # Opt-in: for small models a thread hop costs more than the inference itself.
+        n = len(rows)
+        if n <= self.inline_max_rows and _call_cost_s(model, n) <= self.inline_max_s:
+            # For small models a thread hop (and the GIL hand-over) costs more than the inference.
             return call(model, rows)
+        if self.threads > 1 and n >= 2 * MIN_PART_ROWS:
+            return await self._split(model, rows, call)
         if self.batching:
             return await self._batcher(model, role, call).submit(model, rows)
         return await anyio.to_thread.run_sync(call, model, rows, limiter=self.limiter)
+
+    async def _split(self, model: FlowModel, rows: np.ndarray, call: GraphCall) -> Outputs:
+        """Run a large request as parts on all worker threads (at most ``threads`` at once,
+        the limiter's order keeping other requests' calls interleaved), then join them."""
+        part = min(CHUNK_ROWS, max(MIN_PART_ROWS, math.ceil(len(rows) / self.threads)))
+        starts = range(0, len(rows), part)
+        results: list[Outputs] = [()] * len(starts)
+        limiter = self.limiter
+
+        async def run_part(i: int, start: int) -> None:
+            piece = rows[start : start + part]
+            if self.on_batch is not None:
+                self.on_batch(len(piece), 1)
+            results[i] = await anyio.to_thread.run_sync(call, model, piece, limiter=limiter)
+
+        async with anyio.create_task_group() as tg:
+            for i, start in enumerate(starts):
+                tg.start_soon(run_part, i, start)
+        return tuple(np.concatenate(parts) for parts in zip(*results, strict=True))
 
     async def forward(self, model: FlowModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(z, log_prob)`` for validated float32 rows."""
         z, lp = await self._graph(model, x, "forward", _forward)
         return z, lp
+
+    async def log_prob(self, model: FlowModel, x: np.ndarray) -> np.ndarray:
+        """``log_prob`` alone for validated float32 rows (/log_prob and /score)."""
+        return (await self._graph(model, x, "log_prob", _log_prob))[0]
 
     async def inverse(self, model: FlowModel, z: np.ndarray) -> np.ndarray:
         """Raw rows for validated float32 latents."""

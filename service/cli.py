@@ -29,6 +29,7 @@ _FLAGS: dict[str, str] = {
     "ort_inter_op_threads": "ort_inter_op_threads",
     "inference_threads": "inference_threads",
     "inline_max_rows": "inline_max_rows",
+    "inline_max_ms": "inline_max_ms",
     "runtime": "runtime",
     "batching": "batching",
     "max_batch_size": "max_batch_size",
@@ -57,6 +58,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     a("--ort-inter-op-threads", type=int, help="ONNX Runtime inter-op threads")
     a("--inference-threads", type=int, help="concurrent inference calls")
     a("--inline-max-rows", type=int, help="run tiny requests on the event loop (small models)")
+    a("--inline-max-ms", type=float, help="most measured cost of an inline request (0: never)")
     a("--runtime", choices=["onnx", "torchscript"], help="prefer TorchScript (needs torch)")
     a(
         "--batching",

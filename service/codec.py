@@ -258,6 +258,8 @@ def json_response(content: dict[str, Any], status_code: int = 200) -> Response:
 
 
 def npy_response(array: np.ndarray, headers: dict[str, str]) -> Response:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return Response(buf.getvalue(), media_type=NPY_TYPE, headers=headers)
+    """A ``.npy`` response: the header, then the array's bytes (one copy, no buffer file)."""
+    array = np.ascontiguousarray(array)
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(array))
+    return Response(head.getvalue() + array.data.cast("B"), media_type=NPY_TYPE, headers=headers)

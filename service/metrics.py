@@ -10,6 +10,8 @@ With several uvicorn workers each process reports its own numbers.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -63,10 +65,35 @@ class ServiceMetrics:
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
+        # Labelled children by label values, filled on first use (per-request hot path).
+        self._requests: dict[tuple[str, str, int, str], Any] = {}
+        self._latency: dict[tuple[str, str], Any] = {}
+        self._rows: dict[tuple[str, str], Any] = {}
         self.models_ready = Gauge("flowserve_models_ready", "Model versions ready", registry=r)
         self.models_failed = Gauge(
             "flowserve_models_failed", "Model versions that failed to load", registry=r
         )
+
+    def request(self, endpoint: str, model: str, version: int, status: str, seconds: float) -> None:
+        """Count one answered model request and its latency."""
+        key = (endpoint, model, version, status)
+        counter = self._requests.get(key)
+        if counter is None:  # ``labels()`` locks and validates: look each child up once
+            counter = self._requests[key] = self.requests.labels(
+                endpoint, model, str(version), status
+            )
+        counter.inc()
+        hist = self._latency.get((endpoint, model))
+        if hist is None:
+            hist = self._latency[endpoint, model] = self.latency.labels(endpoint, model)
+        hist.observe(seconds)
+
+    def rows_done(self, endpoint: str, model: str, rows: int) -> None:
+        """Count rows scored, encoded, decoded or sampled."""
+        counter = self._rows.get((endpoint, model))
+        if counter is None:
+            counter = self._rows[endpoint, model] = self.rows.labels(endpoint, model)
+        counter.inc(rows)
 
     def observe_batch(self, rows: int, requests: int) -> None:
         self.batch_rows.observe(rows)

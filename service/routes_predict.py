@@ -3,14 +3,15 @@ prefixes: ``""`` (default model), ``/models/{name}`` (its newest ready version) 
 ``/models/{name}/versions/{version}``. One implementation serves all three.
 """
 
-# No ``from __future__ import annotations`` here: the endpoints built in prediction_router
-# annotate with a local alias, which FastAPI must see as a real object, not a string.
+# No ``from __future__ import annotations`` here: the endpoint signatures built in _endpoint
+# carry annotation objects, which FastAPI must see as real objects, not strings.
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
@@ -27,7 +28,7 @@ from .schemas import (
     ScoreOptions,
     ScoreResponse,
 )
-from .state import ApiKey, ServiceState, get_state
+from .state import ServiceState, get_state, require_api_key
 
 __all__ = ["prediction_router", "request_body_docs"]
 
@@ -101,7 +102,6 @@ Handler = Callable[[Request, ServiceState, ModelVersion], Awaitable[Response]]
 
 async def _observe(endpoint: str, request: Request, mv: ModelVersion, handler: Handler) -> Response:
     state = get_state(request)
-    m = state.metrics
     start = time.perf_counter()
     status = "200"
     try:
@@ -110,8 +110,7 @@ async def _observe(endpoint: str, request: Request, mv: ModelVersion, handler: H
         status = str(e.status_code)
         raise
     finally:
-        m.requests.labels(endpoint, mv.name, str(mv.version), status).inc()
-        m.latency.labels(endpoint, mv.name).observe(time.perf_counter() - start)
+        state.metrics.request(endpoint, mv.name, mv.version, status, time.perf_counter() - start)
 
 
 def _check_fpr(fpr: Any) -> float | None:
@@ -123,8 +122,8 @@ def _check_fpr(fpr: Any) -> float | None:
 
 async def _log_prob(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
     x, _ = await _rows(request, state, mv, {"inputs"}, named=True)
-    _, lp = await state.engine.forward(mv.model, x)  # type: ignore[arg-type]
-    state.metrics.rows.labels("log_prob", mv.name).inc(len(x))
+    lp = await state.engine.log_prob(mv.model, x)  # type: ignore[arg-type]
+    state.metrics.rows_done("log_prob", mv.name, len(x))
     if codec.wants_npy(request.headers.get("accept")):
         return codec.npy_response(lp.astype(np.float32, copy=False), _headers(mv))
     return codec.json_response({"model": mv.name, "version": mv.version, "log_prob": lp})
@@ -133,9 +132,9 @@ async def _log_prob(request: Request, state: ServiceState, mv: ModelVersion) -> 
 async def _score(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
     x, payload = await _rows(request, state, mv, {"inputs", "fpr"}, named=True)
     fpr = _check_fpr(payload.get("fpr", request.query_params.get("fpr")))
-    _, lp = await state.engine.forward(mv.model, x)  # type: ignore[arg-type]
+    lp = await state.engine.log_prob(mv.model, x)  # type: ignore[arg-type]
     res = mv.model.score_log_prob(lp, fpr)  # type: ignore[union-attr]
-    state.metrics.rows.labels("score", mv.name).inc(len(x))
+    state.metrics.rows_done("score", mv.name, len(x))
     if codec.wants_npy(request.headers.get("accept")):
         table = np.stack([lp, res.percentile, res.is_anomaly], axis=1).astype(np.float32)
         headers = _headers(mv)
@@ -161,7 +160,7 @@ async def _encode(request: Request, state: ServiceState, mv: ModelVersion) -> Re
 
     x, _ = await _rows(request, state, mv, {"inputs"}, named=True)
     z, lp = await state.engine.forward(mv.model, x)  # type: ignore[arg-type]
-    state.metrics.rows.labels("encode", mv.name).inc(len(x))
+    state.metrics.rows_done("encode", mv.name, len(x))
     if codec.wants_npy(request.headers.get("accept")):
         return codec.npy_response(z, _headers(mv))
     assert mv.manifest is not None
@@ -174,7 +173,7 @@ async def _encode(request: Request, state: ServiceState, mv: ModelVersion) -> Re
 async def _decode(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
     z, _ = await _rows(request, state, mv, {"inputs"}, named=False)
     x = await state.engine.inverse(mv.model, z)  # type: ignore[arg-type]
-    state.metrics.rows.labels("decode", mv.name).inc(len(z))
+    state.metrics.rows_done("decode", mv.name, len(z))
     if codec.wants_npy(request.headers.get("accept")):
         return codec.npy_response(x, _headers(mv))
     return codec.json_response({"model": mv.name, "version": mv.version, "x": x})
@@ -201,7 +200,7 @@ async def _sample(request: Request, state: ServiceState, mv: ModelVersion) -> Re
             field="temperature",
         )
     samples = await state.engine.run(mv.model.sample, req.n, req.temperature, req.seed)  # type: ignore[union-attr]
-    state.metrics.rows.labels("sample", mv.name).inc(req.n)
+    state.metrics.rows_done("sample", mv.name, req.n)
     if codec.wants_npy(request.headers.get("accept")):
         return codec.npy_response(samples, _headers(mv))
     return codec.json_response({"model": mv.name, "version": mv.version, "samples": samples})
@@ -223,33 +222,54 @@ _ENDPOINTS: list[tuple[str, Handler, type, str | None, str]] = [
 ]
 
 
-def prediction_router(resolver: Callable[..., ModelVersion], prefix: str, tag: str) -> APIRouter:
+def _endpoint(
+    name: str, impl: Handler, resolver: Callable[..., Awaitable[ModelVersion]]
+) -> Callable[..., Awaitable[Response]]:
+    """The route function: API key, then the model version, then the handler.
+
+    Both are called directly rather than as FastAPI dependencies: resolving two sub-dependencies
+    cost more per request than parsing and validating a one-row body. The function's signature
+    still declares the path parameters (and ``fpr`` on /score), so OpenAPI is unchanged.
+    """
+
+    async def endpoint(request: Request, **params: Any) -> Response:
+        require_api_key(request)
+        params.pop("fpr", None)  # /score reads it itself (body wins over the query)
+        mv = await resolver(request, **params)
+        return await _observe(name, request, mv, impl)
+
+    request_param = inspect.Parameter(
+        "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request
+    )
+    path_params = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(resolver, eval_str=True).parameters.values()
+        if p.name != "request"
+    ]
+    if name == "score":
+        path_params.append(
+            inspect.Parameter(
+                "fpr",
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[
+                    float | None,
+                    Query(gt=0.0, lt=1.0, description="false-positive rate (binary bodies)"),
+                ],
+            )
+        )
+    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [request_param, *path_params], return_annotation=Response
+    )
+    return endpoint
+
+
+def prediction_router(
+    resolver: Callable[..., Awaitable[ModelVersion]], prefix: str, tag: str
+) -> APIRouter:
     """The five model endpoints under ``prefix``, the model resolved by ``resolver``."""
-    router = APIRouter(prefix=prefix, tags=[tag], dependencies=[ApiKey])
-    Resolved = Annotated[ModelVersion, Depends(resolver)]
-
+    router = APIRouter(prefix=prefix, tags=[tag])
     for name, impl, response, schema, doc in _ENDPOINTS:
-
-        def make(name: str = name, impl: Handler = impl) -> Callable[..., Awaitable[Response]]:
-            if name == "score":
-
-                async def endpoint(
-                    request: Request,
-                    mv: Resolved,
-                    fpr: Annotated[
-                        float | None,
-                        Query(gt=0.0, lt=1.0, description="false-positive rate (binary bodies)"),
-                    ] = None,
-                ) -> Response:
-                    return await _observe(name, request, mv, impl)
-
-            else:
-
-                async def endpoint(request: Request, mv: Resolved) -> Response:
-                    return await _observe(name, request, mv, impl)
-
-            return endpoint
-
         extra = (
             request_body_docs("SampleRequest", binary=False)
             if schema is None
@@ -257,7 +277,7 @@ def prediction_router(resolver: Callable[..., ModelVersion], prefix: str, tag: s
         )
         router.add_api_route(
             f"/{name}",
-            make(),
+            _endpoint(name, impl, resolver),
             methods=["POST"],
             response_model=response,
             responses={**_ERRORS, 200: {"content": _NPY_OUT}} if name != "sample" else _ERRORS,

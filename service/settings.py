@@ -43,10 +43,17 @@ class ServiceSettings(BaseSettings):
     ort_inter_op_threads: int = Field(1, ge=0)
     inference_threads: int = Field(2, ge=1, description="threads running inference calls")
     inline_max_rows: int = Field(
-        0,
+        8,
         ge=0,
-        description="run requests of at most this many rows on the event loop, skipping the "
-        "thread hop (only for small, fast models; 0 = always in a worker thread)",
+        description="requests of at most this many rows may run on the event loop, skipping "
+        "the thread hop, when the model's measured cost is under inline_max_ms "
+        "(0 = always in a worker thread)",
+    )
+    inline_max_ms: float = Field(
+        0.25,
+        ge=0.0,
+        description="most event-loop time one inline request may take, as measured for the "
+        "model at load (small models only; larger ones always run in worker threads)",
     )
     runtime: Literal["onnx", "torchscript"] = Field(
         "onnx", description="prefer TorchScript where an artifact has one (needs torch)"
