@@ -10,8 +10,9 @@ queue up and leave together. Requests at least ``max_batch_size`` rows long skip
 ``await engine.log_prob(model, x)`` and ``await engine.inverse(model, z)``; every call runs in a
 worker thread (``anyio.to_thread``) with a capacity limit, so the event loop never blocks on
 inference. Two exceptions to the single thread
-call: tiny requests whose measured cost is under ``inline_max_s`` run inline on the event loop (a
-thread hop costs more than they do), and large requests are split into parts that run in parallel
+call: tiny calls (a request, or a merged batch, of at most ``inline_max_rows`` rows whose measured
+cost is under ``inline_max_s``) run inline on the event loop, since a thread hop costs more than
+they do; and large requests are split into parts that run in parallel
 on the worker threads (ONNX Runtime releases the GIL while it computes).
 """
 
@@ -72,8 +73,10 @@ class DynamicBatcher:
         max_delay_s: float = 0.0,
         max_inflight: int = 2,
         on_batch: Callable[[int, int], None] | None = None,
+        inline: Callable[[FlowModel, int], bool] | None = None,
     ) -> None:
         self._call = call
+        self._inline = inline  # (model, rows) -> run this merged batch on the event loop?
         self._limiter = limiter
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -144,9 +147,12 @@ class DynamicBatcher:
             rows = batch[0].rows if len(batch) == 1 else np.concatenate([b.rows for b in batch])
             if self._on_batch is not None:
                 self._on_batch(len(rows), len(batch))
-            outputs = await anyio.to_thread.run_sync(
-                self._call, batch[0].model, rows, limiter=self._limiter
-            )
+            if self._inline is not None and self._inline(batch[0].model, len(rows)):
+                outputs = self._call(batch[0].model, rows)
+            else:
+                outputs = await anyio.to_thread.run_sync(
+                    self._call, batch[0].model, rows, limiter=self._limiter
+                )
         except Exception as e:  # every request of the batch gets the error
             for item in batch:
                 if not item.future.done():
@@ -219,20 +225,24 @@ class InferenceEngine:
                 max_delay_s=self.max_delay_s,
                 max_inflight=self.threads,
                 on_batch=self.on_batch,
+                inline=self._inline_ok,
             )
         return batcher
+
+    def _inline_ok(self, model: FlowModel, rows: int) -> bool:
+        # For small models a thread hop (and the GIL hand-over) costs more than the inference.
+        return rows <= self.inline_max_rows and _call_cost_s(model, rows) <= self.inline_max_s
 
     async def _graph(
         self, model: FlowModel, rows: np.ndarray, role: str, call: GraphCall
     ) -> Outputs:
         n = len(rows)
-        if n <= self.inline_max_rows and _call_cost_s(model, n) <= self.inline_max_s:
-            # For small models a thread hop (and the GIL hand-over) costs more than the inference.
-            return call(model, rows)
         if self.threads > 1 and n >= 2 * MIN_PART_ROWS:
             return await self._split(model, rows, call)
-        if self.batching:
+        if self.batching:  # merged batches run inline under the same rule as single requests
             return await self._batcher(model, role, call).submit(model, rows)
+        if self._inline_ok(model, n):
+            return call(model, rows)
         return await anyio.to_thread.run_sync(call, model, rows, limiter=self.limiter)
 
     async def _split(self, model: FlowModel, rows: np.ndarray, call: GraphCall) -> Outputs:

@@ -1,4 +1,4 @@
-"""InferenceEngine: tiny requests of cheap models run inline, others in worker threads; large
+"""InferenceEngine: tiny calls of cheap models run inline, others in worker threads; large
 requests are split into parts run in parallel and joined back in order."""
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def _forward_on(model: RecordingModel, x: np.ndarray, **kw: object) -> tuple[np.
 def test_cheap_tiny_requests_run_inline_others_in_a_thread():
     x = np.ones((2, 3), dtype=np.float32)
     main = threading.get_ident()
-    cheap = RecordingModel(cost_s=1e-5)
-    _forward_on(cheap, x, batching=False, inline_max_rows=8, inline_max_s=1e-3)
-    assert cheap.threads == [main]
+    for batching in (True, False):  # a merged batch follows the same rule
+        cheap = RecordingModel(cost_s=1e-5)
+        _forward_on(cheap, x, batching=batching, inline_max_rows=8, inline_max_s=1e-3)
+        assert cheap.threads == [main]
     costly = RecordingModel(cost_s=1.0)
     _forward_on(costly, x, batching=False, inline_max_rows=8, inline_max_s=1e-3)
     assert costly.threads != [main]
