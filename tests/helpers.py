@@ -6,15 +6,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from flowserve.models import datasets
 
-def two_moons(n: int, seed: int, noise: float = 0.08) -> np.ndarray:
-    """Two interleaved half circles, float32, shape [n, 2] (a classic non-Gaussian 2-D set)."""
-    rng = np.random.default_rng(seed)
-    t = rng.uniform(0, np.pi, n)
-    upper = rng.random(n) < 0.5
-    x = np.where(upper, np.cos(t), 1 - np.cos(t))
-    y = np.where(upper, np.sin(t), 0.5 - np.sin(t))
-    pts = np.stack([x, y], axis=1) + noise * rng.standard_normal((n, 2))
+
+def two_moons(n: int, seed: int) -> np.ndarray:
+    """The library's two-moons set, centred and scaled to about unit variance, float32 [n, 2]."""
+    pts = datasets.two_moons(n, seed=seed).to_numpy()
     return ((pts - [0.5, 0.25]) / [0.9, 0.5]).astype(np.float32)
 
 
