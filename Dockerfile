@@ -3,9 +3,9 @@
 #   docker build -t flowserve .                                   # serve: no torch, < 500 MB
 #   docker run --rm -p 8000:8000 flowserve                         # the bundled default model
 #   docker run --rm -p 8000:8000 -v "$PWD/models:/models:ro" flowserve   # your model repository
-#   docker build --target train -t flowserve-train \
-#       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .   # see docs/docker.md
+#   docker build --target train --build-arg TORCH_SPEC=torch==2.13.0 -t flowserve-train .
 #   docker run --rm -v "$PWD:/work" -w /work flowserve-train flowserve train ...
+#   (the train target is opt-in through TORCH_SPEC, see its stage below and docs/docker.md)
 #
 # Classic-builder syntax only (no RUN --mount, COPY --chmod or heredocs), so it builds with or
 # without BuildKit.
@@ -19,20 +19,25 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first, from pyproject.toml alone (empty packages stand in for the sources), so that
-# editing code does not re-download them.
+# editing code does not re-download them. The stand-ins' build/ directory must go too: setuptools
+# would otherwise reuse its empty modules for the real install below.
 COPY pyproject.toml README.md ./
 RUN mkdir -p flowserve models service clients/python/flowserve_client \
  && touch flowserve/__init__.py models/__init__.py service/__init__.py \
           clients/python/flowserve_client/__init__.py \
  && pip install ".[serve]" \
  && pip uninstall -y flowserve \
- && rm -rf flowserve models service clients
+ && rm -rf flowserve models service clients build ./*.egg-info
 COPY flowserve ./flowserve
 COPY models ./models
 COPY service ./service
 COPY clients/python/flowserve_client ./clients/python/flowserve_client
+# Checked from / so that the source tree in /src cannot shadow the installed package.
 RUN pip install --no-deps . \
- && python -c "import flowserve.service.app, flowserve_client; print('flowserve installed')"
+ && cd / && python -c "import flowserve.service.app, flowserve_client, flowserve; print('flowserve', flowserve.__version__)"
+# The serving image installs nothing at run time: drop pip and setuptools from its environment.
+RUN cp -a /opt/venv /opt/venv-serve \
+ && /opt/venv-serve/bin/python -m pip uninstall -q -y pip setuptools
 
 # ---- base: what both runnable images share ------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS base
@@ -51,14 +56,22 @@ RUN groupadd --system --gid 10001 flowserve \
 WORKDIR /home/flowserve
 
 # ---- train: the serving image plus torch and the training extra ---------------------------------
-# TORCH_SPEC pins torch (the project is tested with 2.13.0). PyPI's Linux torch wheels are CUDA
-# builds (several GB with their nvidia-* dependencies); where the PyTorch CPU index is reachable,
-# pass --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu for a ~1 GB image.
+# Opt-in, because Docker's classic builder builds every stage before the target, even for a plain
+# `docker build .`: with TORCH_SPEC empty (the default) this stage installs nothing and costs
+# nothing. Build the training image with
+#   docker build --target train --build-arg TORCH_SPEC=torch==2.13.0 -t flowserve-train .
+# PyPI's Linux torch wheels are CUDA builds (several GB with their nvidia-* dependencies); where
+# the PyTorch CPU index is reachable add
+#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu     (about 1 GB in all)
 FROM builder AS train-builder
-ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_SPEC=
 ARG TORCH_INDEX_URL=
-RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC" \
- && pip install ".[train]"
+RUN if [ -n "$TORCH_SPEC" ]; then \
+      pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC" \
+      && pip install ".[train]"; \
+    else \
+      echo "TORCH_SPEC is empty: skipping the training dependencies (see the Dockerfile)"; \
+    fi
 
 FROM base AS train
 COPY --from=train-builder /opt/venv /opt/venv
@@ -67,7 +80,7 @@ CMD ["flowserve", "--help"]
 
 # ---- runtime (default): serve models from /models over HTTP ------------------------------------
 FROM base AS runtime
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/venv-serve /opt/venv
 # The bundled default model, so the image answers with nothing mounted; mount a model repository
 # (<name>/<version>/ directories) over /models to serve your own.
 COPY --from=builder --chown=10001:10001 /src/flowserve/default_model /models
