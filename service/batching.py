@@ -132,7 +132,9 @@ class DynamicBatcher:
                             await asyncio.wait_for(self._full.wait(), wait)
                 await self._slots.acquire()
                 batch = self._take()
-                if batch:
+                if batch and self._runs_inline(batch):
+                    await self._run(batch)  # no await inside: no task, no extra loop turn
+                elif batch:
                     # Keep a reference: the loop holds tasks only weakly.
                     task = asyncio.create_task(self._run(batch))
                     self._running.add(task)
@@ -142,12 +144,16 @@ class DynamicBatcher:
         finally:
             self._dispatcher = None
 
+    def _runs_inline(self, batch: list[_Item]) -> bool:
+        rows = sum(len(item.rows) for item in batch)
+        return self._inline is not None and self._inline(batch[0].model, rows)
+
     async def _run(self, batch: list[_Item]) -> None:
         try:
             rows = batch[0].rows if len(batch) == 1 else np.concatenate([b.rows for b in batch])
             if self._on_batch is not None:
                 self._on_batch(len(rows), len(batch))
-            if self._inline is not None and self._inline(batch[0].model, len(rows)):
+            if self._runs_inline(batch):
                 outputs = self._call(batch[0].model, rows)
             else:
                 outputs = await anyio.to_thread.run_sync(
