@@ -3,7 +3,8 @@
 A :class:`MaskedAutoregressiveTransform` applies an element-wise bijection to each ``x_i`` whose
 parameters a :class:`~flowserve.models.made.MADE` predicts from ``x_<i``. Its ``forward`` is one
 MADE pass; its ``inverse`` is exactly ``dim`` passes (a fixed count, so it traces and exports).
-MAF uses it as is (density in one pass); IAF wraps it in :class:`Invert` (sampling in one pass).
+MAF uses it as is (density in one pass); IAF wraps it in
+:class:`~flowserve.models.base.Invert` (sampling in one pass).
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from flowserve.models.base import Chain, Flow, StandardNormal, Transform, register_family
+from flowserve.models.base import Chain, Flow, Invert, StandardNormal, Transform, register_family
 from flowserve.models.made import MADE
 
 __all__ = [
     "LOG_SCALE_BUDGET",
     "ElementwiseAffine",
     "ElementwiseTransform",
-    "Invert",
     "MaskedAutoregressiveTransform",
     "affine_bound",
     "alternating_order",
@@ -143,24 +143,6 @@ class MaskedAutoregressiveTransform(Transform):
         for _ in range(self.dim):
             x, ld = self.univariate.inverse(z, self._params(x))
         return x, ld.sum(dim=-1)
-
-
-class Invert(Transform):
-    """The inverse of a transform: swaps its ``forward`` and ``inverse``.
-
-    Arguments:
-        transform: The transform to invert.
-    """
-
-    def __init__(self, transform: Transform) -> None:
-        super().__init__()
-        self.transform = transform
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.transform.inverse(x)
-
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self.transform(z)
 
 
 # The log-scales of a whole stack stay within ±LOG_SCALE_BUDGET (at most ±3 per layer): even

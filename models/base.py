@@ -23,6 +23,7 @@ __all__ = [
     "FAMILIES",
     "Chain",
     "Flow",
+    "Invert",
     "StandardNormal",
     "StandardUniform",
     "Standardize",
@@ -69,6 +70,24 @@ class Chain(Transform):
             z, ld = t.inverse(z)
             total = total + ld
         return z, total
+
+
+class Invert(Transform):
+    """The inverse of a transform: swaps its ``forward`` and ``inverse``.
+
+    Arguments:
+        transform: The transform to invert.
+    """
+
+    def __init__(self, transform: Transform) -> None:
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.transform.inverse(x)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.transform(z)
 
 
 class Standardize(Transform):

@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from flowserve.models.base import Chain, Flow, StandardUniform, Transform, register_family
+from flowserve.models.base import Chain, Flow, Invert, StandardUniform, Transform, register_family
 from flowserve.models.nets import mlp
 from flowserve.models.spline import rational_quadratic_spline
 
@@ -211,20 +211,6 @@ class CylinderSplineCoupling(Transform):
         return self._run(z, inverse=True)
 
 
-class _Inverted(Transform):
-    """A transform run backwards."""
-
-    def __init__(self, transform: Transform) -> None:
-        super().__init__()
-        self.transform = transform
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.transform.inverse(x)
-
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self.transform(z)
-
-
 class UniformSphere(nn.Module):
     """Uniform distribution on the unit sphere ``S^2``: density ``1 / (4 pi)`` w.r.t. area.
 
@@ -277,5 +263,5 @@ def build_sphere(dim: int = 3, layers: int = 4, bins: int = 8, hidden: int = 32)
     for _ in range(layers):
         parts += [CylinderSplineCoupling("height", bins, hidden)]
         parts += [CylinderSplineCoupling("angle", bins, hidden)]
-    parts.append(_Inverted(SphereChart()))
+    parts.append(Invert(SphereChart()))
     return Flow(Chain(parts), UniformSphere())
