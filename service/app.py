@@ -88,11 +88,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 snap.default_name,
                 len(snap.failed_versions()),
             )
-        async with anyio.create_task_group() as tg:
-            if settings.watch:
-                tg.start_soon(repository.watch, settings.watch_interval_s)
-            yield
-            tg.cancel_scope.cancel()
+        snap = repository.snapshot
+        metrics.set_models(len(snap.ready_versions()), len(snap.failed_versions()))
+        try:
+            async with anyio.create_task_group() as tg:
+                if settings.watch:
+                    tg.start_soon(repository.watch, settings.watch_interval_s)
+                yield
+                tg.cancel_scope.cancel()
+        finally:
+            metrics.close()
 
     app = FastAPI(
         title="flowserve",

@@ -2,7 +2,9 @@
 
 Flags override ``FLOWSERVE_*`` environment variables, which override the defaults in
 :class:`~flowserve.service.settings.ServiceSettings`. With ``--workers`` above 1 each uvicorn
-worker process builds its own app (and loads the models) from the environment.
+worker process builds its own app (and loads the models) from the environment, and the workers
+share their Prometheus metrics through a multiprocess directory that lives as long as the command
+(see :func:`~flowserve.service.metrics.multiprocess_metrics_dir`).
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .metrics import multiprocess_metrics_dir
 
     settings = settings_from_args(args)
     logging.basicConfig(
@@ -122,9 +125,14 @@ def run(args: argparse.Namespace) -> int:
     }
     if settings.workers > 1:
         _export_env(settings)
-        uvicorn.run(
-            "flowserve.service.app:create_app", factory=True, workers=settings.workers, **common
-        )
+        # Set before uvicorn spawns the workers: they import prometheus-client with it set.
+        with multiprocess_metrics_dir():
+            uvicorn.run(
+                "flowserve.service.app:create_app",
+                factory=True,
+                workers=settings.workers,
+                **common,
+            )
     else:
         uvicorn.run(create_app(settings), **common)
     return 0

@@ -133,9 +133,10 @@ async def readyz(state: State) -> Response:
 @health_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(state: State) -> Response:
     snap = state.repository.snapshot
-    state.metrics.models_ready.set(len(snap.ready_versions()))
-    state.metrics.models_failed.set(len(snap.failed_versions()))
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    state.metrics.set_models(len(snap.ready_versions()), len(snap.failed_versions()))
+    # Multiprocess mode reads every worker's files: off the event loop.
+    body = await anyio.to_thread.run_sync(state.metrics.render)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[ApiKey])
@@ -150,4 +151,5 @@ admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[ApiKey])
 async def reload(state: State) -> ReloadResponse:
     # Its own worker thread, not an inference slot: loading must not stall requests.
     snap = await anyio.to_thread.run_sync(state.repository.reload)
+    state.metrics.set_models(len(snap.ready_versions()), len(snap.failed_versions()))
     return ReloadResponse(generation=snap.generation, **model_list(snap).model_dump())

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -28,12 +28,16 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def live_server(
-    model_root: Path, env: dict[str, str] | None = None, startup_s: float = 60.0
+    model_root: Path,
+    env: dict[str, str] | None = None,
+    startup_s: float = 60.0,
+    args: Sequence[str] = (),
 ) -> Iterator[str]:
-    """Serve ``model_root`` in a subprocess; yields its base URL once ``/readyz`` answers 200."""
+    """Serve ``model_root`` in a subprocess (``args``: more ``flowserve serve`` flags); yields
+    its base URL once ``/readyz`` answers 200."""
     port = free_port()
     cmd = [sys.executable, "-m", "flowserve.cli", "serve", "--models", str(model_root)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args]
     full_env = {**os.environ, **(env or {})}
     # A file, not a pipe: a chatty server can never block on a full pipe buffer.
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in the finally below
