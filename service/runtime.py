@@ -288,14 +288,19 @@ class TorchScriptFlowModel(FlowModel):
             raise ArtifactError(f"{directory / file}: torch cannot load it: {e}") from e
         self._torch = torch
 
+    def _tensor(self, a: np.ndarray) -> Any:
+        # Bodies decoded from .npy are read-only views of the request bytes; torch tensors must
+        # own writable memory (it warns, and writing would be undefined), so copy those only.
+        return self._torch.from_numpy(a if a.flags.writeable else a.copy())
+
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self._torch.inference_mode():
-            z, lp = self._module(self._torch.from_numpy(x))
+            z, lp = self._module(self._tensor(x))
         return z.numpy(), lp.numpy()
 
     def _inverse(self, z: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
-            return self._module.inverse(self._torch.from_numpy(z)).numpy()
+            return self._module.inverse(self._tensor(z)).numpy()
 
 
 def _import_torch(directory: Path) -> Any:
