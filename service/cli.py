@@ -124,6 +124,14 @@ def run(args: argparse.Namespace) -> int:
         "access_log": False,  # Prometheus metrics count requests; per-request logs cost time
     }
     if settings.workers > 1:
+        if not settings.watch:
+            # /admin/reload reaches only the worker that answers it; watching the model root
+            # is what brings every worker to the new versions.
+            logging.getLogger("flowserve.service").info(
+                "%d workers: watching the model root so every worker picks up new versions",
+                settings.workers,
+            )
+            settings = settings.model_copy(update={"watch": True})
         _export_env(settings)
         # Set before uvicorn spawns the workers: they import prometheus-client with it set.
         with multiprocess_metrics_dir():
