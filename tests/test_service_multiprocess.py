@@ -7,6 +7,7 @@ metric files live in a temporary directory the CLI makes under ``TMPDIR`` and re
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -98,3 +99,25 @@ def test_mark_dead_workers_drops_live_gauges_only(tmp_path: Path) -> None:
         f"counter_{dead_pid}.db",  # counts of a dead worker still count
         "gauge_livemax_1.db",  # pid 1 is alive
     ]
+
+
+@pytest.mark.slow
+def test_every_worker_follows_a_new_version(tmp_path: Path) -> None:
+    """With several workers, a new version on disk reaches all of them (they watch the root)."""
+    root = tmp_path / "models"
+    build_affine_artifact(root, "toy", 1)
+    env = {"FLOWSERVE_WATCH_INTERVAL_S": "0.2"}
+    with live_server(root, env, args=["--workers", "2"]) as url:
+        build_affine_artifact(root, "toy", 2)
+        deadline = time.monotonic() + 20
+        versions: list[int] = []
+        while time.monotonic() < deadline:
+            # fresh connections, so the kernel spreads them over both workers
+            versions = [
+                httpx.get(f"{url}/models/toy", timeout=10).json()["default_version"]
+                for _ in range(REQUESTS_PER_ROUND)
+            ]
+            if set(versions) == {2}:
+                break
+            time.sleep(0.2)
+        assert set(versions) == {2}, versions
