@@ -8,7 +8,7 @@
 #
 # The container shares the host network (--network host), listening on a free port (PORT=...
 # to choose) with an API key, so the auth path is exercised too. WORKERS=N sets the uvicorn
-# workers (default 1; with several, /metrics shows the counts of whichever worker answers).
+# workers (default 1; with several, /metrics sums the counts of all workers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-flowserve:smoke}
