@@ -63,9 +63,13 @@ WORKDIR /home/flowserve
 # PyPI's Linux torch wheels are CUDA builds (several GB with their nvidia-* dependencies); where
 # the PyTorch CPU index is reachable add
 #   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu     (about 1 GB in all)
+# or point pip at a folder of wheels served over HTTP (e.g. a local CPU wheel of torch):
+#   --build-arg PIP_FIND_LINKS=http://127.0.0.1:8765/
 FROM builder AS train-builder
 ARG TORCH_SPEC=
 ARG TORCH_INDEX_URL=
+# pip reads it from the environment; empty means PyPI only
+ARG PIP_FIND_LINKS=
 RUN if [ -n "$TORCH_SPEC" ]; then \
       pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC" \
       && pip install ".[train]"; \
