@@ -3,49 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from tests.live_server import live_server
 from tests.service_fixtures import build_affine_artifact, build_torchscript_only_artifact
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_flowserve_serve_process(tmp_path):
     _, flow = build_affine_artifact(tmp_path, "toy", 1)
-    port = free_port()
-    env = {**os.environ, "FLOWSERVE_API_KEYS": "secret"}
-    cmd = [sys.executable, "-m", "flowserve.cli", "serve", "--models", str(tmp_path)]
-    cmd += ["--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready in 60 s"
-            time.sleep(0.2)
+    with live_server(tmp_path, {"FLOWSERVE_API_KEYS": "secret"}) as base:
         x = flow.sample(4, 1)
         h = {"X-API-Key": "secret"}
         r = httpx.post(f"{base}/log_prob", json={"inputs": x.tolist()}, headers=h, timeout=10)
@@ -53,13 +29,6 @@ def test_flowserve_serve_process(tmp_path):
         assert httpx.post(f"{base}/log_prob", json={"inputs": x.tolist()}).status_code == 401
         assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
         assert "flowserve_requests_total" in httpx.get(f"{base}/metrics").text
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def test_serves_without_torch(tmp_path):
