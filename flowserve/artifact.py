@@ -45,6 +45,7 @@ __all__ = [
     "calibration_levels",
     "load_manifest",
     "next_version",
+    "roundtrip_error",
     "sha256_file",
     "verify_artifact",
     "version_dirs",
@@ -177,6 +178,20 @@ class Calibration(_Strict):
             right=1.0,
         )
         return 100.0 * (1.0 - cdf)
+
+
+def roundtrip_error(x: np.ndarray, x_back: np.ndarray, scale: np.ndarray, base: BaseSpec) -> float:
+    """Max per-feature round-trip error ``|x - x'| / scale`` (inf if anything is not finite).
+
+    With a uniform base (angles on circles and tori) a difference of one whole period is no
+    error: ``-pi`` and ``pi`` are the same angle.
+    """
+    diff = np.abs(np.asarray(x_back, np.float64) - np.asarray(x, np.float64))
+    if base.kind == "uniform" and base.low is not None and base.high is not None:
+        period = base.high - base.low
+        diff = np.abs(diff - period * np.round(diff / period))
+    err = diff / scale
+    return float(np.max(err)) if err.size and np.all(np.isfinite(err)) else float("inf")
 
 
 class Parity(_Strict):

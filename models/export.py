@@ -52,12 +52,12 @@ from flowserve.artifact import (
     Metrics,
     Parity,
     Preprocessing,
+    roundtrip_error,
     sha256_file,
     verify_artifact,
     write_manifest,
 )
 from flowserve.models.base import Flow, Standardize
-from flowserve.models.verify_cli import roundtrip_error
 
 __all__ = [
     "LOG_PROB_ATOL",

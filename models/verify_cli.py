@@ -26,14 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from flowserve.artifact import ArtifactError, BaseSpec, Manifest, verify_artifact
+from flowserve.artifact import ArtifactError, Manifest, roundtrip_error, verify_artifact
 
 __all__ = [
     "CheckResult",
     "VerifyError",
     "check_artifact",
     "configure",
-    "roundtrip_error",
     "run",
 ]
 
@@ -90,20 +89,6 @@ def _feature_scale(manifest: Manifest) -> np.ndarray:
     if scale is not None and len(scale) == manifest.dim:
         return np.abs(np.asarray(scale, dtype=np.float64))
     return np.ones(manifest.dim)
-
-
-def roundtrip_error(x: np.ndarray, x_back: np.ndarray, scale: np.ndarray, base: BaseSpec) -> float:
-    """Max per-feature round-trip error ``|x - x'| / scale`` (inf if anything is not finite).
-
-    With a uniform base (angles on circles and tori) a difference of one whole period is no
-    error: ``-pi`` and ``pi`` are the same angle.
-    """
-    diff = np.abs(np.asarray(x_back, np.float64) - np.asarray(x, np.float64))
-    if base.kind == "uniform" and base.low is not None and base.high is not None:
-        period = base.high - base.low
-        diff = np.abs(diff - period * np.round(diff / period))
-    err = diff / scale
-    return float(np.max(err)) if err.size and np.all(np.isfinite(err)) else float("inf")
 
 
 def check_artifact(directory: Path, samples: int = 256, seed: int = 0) -> list[CheckResult]:

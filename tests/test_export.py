@@ -30,6 +30,7 @@ from flowserve.artifact import (
     Manifest,
     Metrics,
     Preprocessing,
+    roundtrip_error,
     sha256_file,
     verify_artifact,
 )
@@ -46,7 +47,6 @@ from flowserve.models.base import (
     Transform,
 )
 from flowserve.models.export import ExportError, export_artifact
-from flowserve.models.verify_cli import roundtrip_error
 from tests.flow_cases import VECTOR_FAMILIES
 from tests.helpers import randomize
 
