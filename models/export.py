@@ -58,6 +58,7 @@ from flowserve.artifact import (
     write_manifest,
 )
 from flowserve.models.base import Flow, Standardize
+from flowserve.service.runtime import onnx_session
 
 __all__ = [
     "LOG_PROB_ATOL",
@@ -72,7 +73,6 @@ __all__ = [
     "data_shape",
     "export_artifact",
     "export_onnx",
-    "onnx_session",
 ]
 
 log = logging.getLogger(__name__)
@@ -146,17 +146,6 @@ class TwoWayModule(nn.Module):
 
     def inverse(self, z: Tensor) -> Tensor:
         return self.inv(z)
-
-
-def onnx_session(path: Path) -> Any:
-    """An ONNX Runtime CPU session (single-threaded: export runs beside training)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _export_legacy(

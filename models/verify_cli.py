@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from flowserve.artifact import ArtifactError, Manifest, roundtrip_error, verify_artifact
+from flowserve.service.runtime import onnx_session
 
 __all__ = [
     "CheckResult",
@@ -54,12 +55,8 @@ class VerifyError(Exception):
 
 
 def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return onnx_session(path)
     except Exception as e:  # onnxruntime raises its own untyped errors for unloadable graphs
         raise VerifyError(f"{path.name} does not load in ONNX Runtime: {_first_line(e)}") from e
 

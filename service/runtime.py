@@ -31,6 +31,7 @@ __all__ = [
     "TorchScriptFlowModel",
     "base_log_prob",
     "load_flow_model",
+    "onnx_session",
     "torch_available",
 ]
 
@@ -202,6 +203,23 @@ class FlowModel:
         self._call_cost = (one - per_row, per_row)
 
 
+def onnx_session(path: Path, intra_op_threads: int = 1, inter_op_threads: int = 1) -> Any:
+    """A CPU ONNX Runtime session, fully optimised, logging errors only.
+
+    The one way every side opens a graph (the service, export's parity check, ``flowserve
+    verify``), so what export measures is what the service runs. onnxruntime's own exceptions
+    propagate; callers word them for their users.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = inter_op_threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
 class OnnxFlowModel(FlowModel):
     """An artifact served by ONNX Runtime (``forward.onnx``: x -> z, log_prob;
     ``inverse.onnx``: z -> x)."""
@@ -216,22 +234,14 @@ class OnnxFlowModel(FlowModel):
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
     ) -> None:
-        import onnxruntime as ort
-
         directory = Path(directory)
         manifest = verify_artifact(directory) if manifest is None else manifest
         super().__init__(directory, manifest)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = inter_op_threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sessions = {}
         for role in ("forward", "inverse"):
             path = directory / manifest.graphs[role]
             try:
-                sessions[role] = ort.InferenceSession(
-                    str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-                )
+                sessions[role] = onnx_session(path, intra_op_threads, inter_op_threads)
             except Exception as e:  # onnxruntime raises its own exception types
                 raise ArtifactError(f"{path}: ONNX Runtime cannot load the graph: {e}") from e
         self._fwd, self._inv = sessions["forward"], sessions["inverse"]
