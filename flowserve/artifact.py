@@ -13,15 +13,17 @@ preprocessing and its log-determinant live inside the graphs):
 
 Sampling is base noise (see :class:`BaseSpec`) pushed through ``inverse.onnx``.
 
-Anomaly scoring: ``score = -log_prob``. The calibration holds quantiles of the held-out
-log-likelihood; a row is an anomaly at false-positive rate ``fpr`` when its log-likelihood is
-below the ``fpr``-quantile of held-out log-likelihood.
+Anomaly scoring: ``score = -log_prob``. The calibration holds the anomaly scores of rows the
+model never trained on; a row's conformal p-value is the share of them at least as anomalous
+(:mod:`flowserve.conformal`), and it is an anomaly at false-positive rate ``fpr`` when its
+p-value is at most ``fpr`` (``P(false alarm) <= fpr`` for exchangeable rows).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -29,10 +31,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from flowserve import conformal
+
 __all__ = [
     "FORWARD_GRAPH",
     "INVERSE_GRAPH",
     "MANIFEST_FILE",
+    "MAX_STORED_SCORES",
     "SCHEMA_VERSION",
     "TORCHSCRIPT_FILE",
     "ArtifactError",
@@ -51,6 +56,8 @@ __all__ = [
     "version_dirs",
     "write_manifest",
 ]
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -118,19 +125,42 @@ def calibration_levels() -> list[float]:
     return sorted(set(tail + grid))
 
 
-class Calibration(_Strict):
-    """Quantiles of held-out log-likelihood, for anomaly scoring.
+# Calibration scores kept in a manifest: all of them up to this many, else the largest this
+# many (p-values stay exact up to MAX_STORED_SCORES / (n + 1), the range thresholds live in).
+MAX_STORED_SCORES = 10_000
+CalibrationMethod = Literal["holdout", "split", "cross-fit"]
 
-    ``levels[i]`` is the probability that a held-out row's log-likelihood is at most
-    ``log_prob_quantiles[i]``. ``default_fpr`` is the false-positive rate the service uses when a
+
+class Calibration(_Strict):
+    """Calibration of anomaly scoring: conformal p-values and thresholds with a finite-sample
+    guarantee (see :mod:`flowserve.conformal`).
+
+    ``scores`` are the calibration rows' anomaly scores ``-log_prob`` in ascending order (all
+    ``n_rows`` of them, or the largest :data:`MAX_STORED_SCORES`), from rows the served model
+    never trained on; ``method`` says how they were obtained: ``split`` (a calibration split
+    held out of training), ``cross-fit`` (out-of-fold scores of K-fold cross-fitting) or
+    ``holdout`` (the export's holdout rows). ``levels[i]`` is the share of calibration rows whose
+    log-likelihood is at most ``log_prob_quantiles[i]`` (for percentiles, and for manifests
+    written before scores were stored). ``default_fpr`` is the false-positive rate used when a
     request names none, and ``threshold`` the log-likelihood threshold at that rate.
+
+    Example:
+        >>> cal = Calibration.from_log_probs(-np.arange(1.0, 20.0), default_fpr=0.1)
+        >>> cal.min_fpr, cal.threshold_for(0.1)
+        (0.05, -18.0)
+        >>> cal.p_values(np.array([-19.0, -1.0])).tolist()
+        [0.1, 1.0]
     """
 
     levels: list[float]
     log_prob_quantiles: list[float]
-    n_rows: int
+    n_rows: int = Field(ge=1)
     default_fpr: float = Field(0.01, gt=0.0, lt=1.0)
     threshold: float
+    method: CalibrationMethod = "holdout"
+    scores: list[float] | None = Field(
+        None, description="ascending calibration scores -log_prob (the largest, if truncated)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Calibration:
@@ -138,46 +168,116 @@ class Calibration(_Strict):
             raise ValueError("levels and log_prob_quantiles must have the same length (>= 2)")
         if np.any(np.diff(self.levels) <= 0) or np.any(np.diff(self.log_prob_quantiles) < 0):
             raise ValueError("calibration levels and quantiles must be increasing")
+        if self.scores is not None:
+            if not 1 <= len(self.scores) <= self.n_rows:
+                raise ValueError(f"{len(self.scores)} scores for n_rows {self.n_rows}")
+            if np.any(np.diff(self.scores) < 0):
+                raise ValueError("calibration scores must be in ascending order")
         return self
 
     @classmethod
-    def from_log_probs(cls, log_probs: np.ndarray, default_fpr: float = 0.01) -> Calibration:
-        """Calibrate on held-out log-likelihoods (finite values only)."""
+    def from_log_probs(
+        cls,
+        log_probs: np.ndarray,
+        default_fpr: float = 0.01,
+        method: CalibrationMethod = "holdout",
+    ) -> Calibration:
+        """Calibrate on log-likelihoods of rows the model never trained on (finite values only).
+
+        A ``default_fpr`` below the attainable minimum ``1/(n+1)`` is raised to it, with a
+        warning: the default flag must mean what it says.
+        """
         lp = np.asarray(log_probs, dtype=np.float64)
         lp = lp[np.isfinite(lp)]
         if lp.size < 2:
             raise ValueError("calibration needs at least 2 finite held-out log-likelihoods")
+        n = int(lp.size)
+        if default_fpr < conformal.min_fpr(n):
+            log.warning(
+                "default false-positive rate %g is below the attainable minimum 1/(n+1) = %.4g "
+                "with %d calibration rows; using %.4g (calibrate on more rows for lower rates)",
+                default_fpr,
+                conformal.min_fpr(n),
+                n,
+                conformal.min_fpr(n),
+            )
+            default_fpr = conformal.min_fpr(n)
         levels = calibration_levels()
-        q = np.quantile(lp, levels)
-        q = np.maximum.accumulate(q)
-        threshold = float(np.interp(default_fpr, levels, q))
-        return cls(
+        q = np.maximum.accumulate(np.quantile(lp, levels))
+        scores = np.sort(-lp)[-MAX_STORED_SCORES:]
+        partial = cls(
             levels=levels,
             log_prob_quantiles=q.tolist(),
-            n_rows=int(lp.size),
+            n_rows=n,
             default_fpr=default_fpr,
-            threshold=threshold,
+            threshold=0.0,
+            method=method,
+            scores=scores.tolist(),
         )
+        return partial.model_copy(update={"threshold": partial.threshold_for(default_fpr)})
+
+    @property
+    def min_fpr(self) -> float:
+        """The smallest attainable false-positive rate, ``1/(n_rows + 1)``."""
+        return conformal.min_fpr(self.n_rows)
+
+    @property
+    def exact(self) -> bool:
+        """Whether p-values and thresholds are exact conformal ones (scores stored); manifests
+        without scores interpolate the quantile grid instead."""
+        return self.scores is not None
+
+    def check_fpr(self, fpr: float) -> None:
+        """Raise ``ValueError`` naming the attainable minimum when ``fpr`` is below it."""
+        if conformal.conformal_rank(fpr, self.n_rows) < 1:
+            raise ValueError(
+                f"fpr {fpr:g} is below the smallest attainable false-positive rate "
+                f"1/(n+1) = {self.min_fpr:.6g} for this model's {self.n_rows} calibration rows"
+            )
 
     def threshold_for(self, fpr: float | None = None) -> float:
-        """Log-likelihood below which a row is an anomaly at false-positive rate ``fpr``."""
+        """Log-likelihood below which a row is an anomaly at false-positive rate ``fpr``.
+
+        With stored scores this is the conformal threshold: ``log_prob < threshold`` exactly
+        when the row's p-value is at most ``fpr``. Raises ``ValueError`` when ``fpr`` is below
+        :attr:`min_fpr`.
+        """
         if fpr is None:
             return self.threshold
+        self.check_fpr(fpr)
+        k = conformal.conformal_rank(fpr, self.n_rows)
+        if self.scores is not None and k <= len(self.scores):
+            return -float(self.scores[len(self.scores) - k])
         return float(np.interp(fpr, self.levels, self.log_prob_quantiles))
+
+    def p_values(self, log_prob: np.ndarray) -> np.ndarray:
+        """Conformal p-values ``(1 + #{calibration scores >= s}) / (n + 1)``, ``s = -log_prob``.
+
+        Small p-values mean unlikely rows; NaN log-likelihoods get 0. Exact while fewer than
+        ``len(scores)`` calibration scores are >= ``s`` (always, unless scores were truncated);
+        otherwise, and for manifests without scores, read from the quantile grid.
+        """
+        lp = np.asarray(log_prob, dtype=np.float64)
+        grid = (1.0 + self.n_rows * self._cdf(lp)) / (self.n_rows + 1.0)
+        grid = np.where(np.isnan(lp), 0.0, grid)
+        if self.scores is None:
+            return grid
+        exact = conformal.p_values(np.asarray(self.scores), self.n_rows, -lp)
+        if len(self.scores) == self.n_rows:
+            return exact
+        floor = (1.0 + len(self.scores)) / (self.n_rows + 1.0)
+        return np.where(exact < floor, exact, np.maximum(grid, floor))
+
+    def _cdf(self, log_prob: np.ndarray) -> np.ndarray:
+        """Share of calibration rows whose log-likelihood is at most ``log_prob`` (interpolated)."""
+        return np.interp(log_prob, self.log_prob_quantiles, self.levels, left=0.0, right=1.0)
 
     def percentile(self, log_prob: np.ndarray) -> np.ndarray:
         """Anomaly percentile in [0, 100]: the share of held-out rows more likely than each row.
 
         100 means less likely than every held-out row; 50 is a typical row.
         """
-        cdf = np.interp(
-            np.asarray(log_prob, dtype=np.float64),
-            self.log_prob_quantiles,
-            self.levels,
-            left=0.0,
-            right=1.0,
-        )
-        return 100.0 * (1.0 - cdf)
+        return 100.0 * (1.0 - self._cdf(np.asarray(log_prob, dtype=np.float64)))
 
 
 def roundtrip_error(x: np.ndarray, x_back: np.ndarray, scale: np.ndarray, base: BaseSpec) -> float:

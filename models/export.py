@@ -347,6 +347,8 @@ def export_artifact(
     training_config: dict | None = None,
     torchscript: bool = True,
     default_fpr: float = 0.01,
+    calibration_log_probs: np.ndarray | None = None,
+    calibration_method: str = "holdout",
 ) -> Manifest:
     """Export ``flow`` (with its preprocessing, so graphs take raw rows) to ``out_dir``.
 
@@ -360,6 +362,11 @@ def export_artifact(
             derived from a :class:`Standardize` preprocess when not given).
         torchscript: also write ``model.pt`` (TorchScript, both directions).
         default_fpr: false-positive rate of the default anomaly threshold.
+        calibration_log_probs: log-likelihoods of rows the served model never trained on (a
+            calibration split, or out-of-fold scores of cross-fitting); the conformal
+            calibration is built from them. Default: the holdout's ONNX log-likelihoods.
+        calibration_method: how those were obtained, recorded in the manifest: ``"split"``,
+            ``"cross-fit"`` or ``"holdout"``.
 
     Returns the written manifest, re-read and checksum-verified from disk.
     Raises :class:`ExportError` when a graph fails to export or a check fails; ``ValueError``
@@ -452,12 +459,20 @@ def export_artifact(
         else:
             ts_diff = _torchscript_parity(ts_path, x_check, z_ref_t, lp_ref, scale, base)
 
-    # Calibrate on what the service computes: ONNX Runtime log-likelihoods of every holdout row.
-    (lp_all,) = _run_batched(lambda b: fsess.run(["log_prob"], {"x": b}), rows)
+    # Calibrate on what the service computes: ONNX Runtime log-likelihoods of every holdout row,
+    # unless the caller computed calibration scores on rows the model never trained on.
+    if calibration_log_probs is None:
+        (cal_lp,) = _run_batched(lambda b: fsess.run(["log_prob"], {"x": b}), rows)
+    else:
+        cal_lp = np.asarray(calibration_log_probs, dtype=np.float64).reshape(-1)
     try:
-        calibration = Calibration.from_log_probs(lp_all, default_fpr)
+        calibration = Calibration.from_log_probs(
+            cal_lp,
+            default_fpr,
+            calibration_method,  # type: ignore[arg-type]
+        )
     except ValueError as e:
-        raise ExportError(f"cannot calibrate on the holdout: {e}") from e
+        raise ExportError(f"cannot calibrate ({calibration_method}): {e}") from e
 
     files = {
         p.relative_to(out_dir).as_posix(): sha256_file(p)
