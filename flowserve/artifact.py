@@ -35,14 +35,17 @@ from flowserve import conformal
 
 __all__ = [
     "FORWARD_GRAPH",
+    "INTEGER_TOLERANCE",
     "INVERSE_GRAPH",
     "MANIFEST_FILE",
     "MAX_STORED_SCORES",
     "SCHEMA_VERSION",
     "TORCHSCRIPT_FILE",
+    "UNIT_NORM_TOLERANCE",
     "ArtifactError",
     "BaseSpec",
     "Calibration",
+    "DataKind",
     "Manifest",
     "Metrics",
     "Parity",
@@ -79,32 +82,90 @@ class BaseSpec(_Strict):
 
     ``normal``: independent standard normal in every latent coordinate (sampling scales it by
     the temperature). ``uniform``: independent uniform on ``[low, high)`` per coordinate (flows on
-    circles and tori); the temperature does not apply.
+    circles and tori). ``sphere``: uniform on the unit sphere ``S^2`` (density ``1 / (4 pi)``
+    with respect to area; latents are unit 3-vectors). A temperature other than 1 has no meaning
+    for the compact bases (``uniform``, ``sphere``): sampling refuses it.
     """
 
-    kind: Literal["normal", "uniform"] = "normal"
+    kind: Literal["normal", "uniform", "sphere"] = "normal"
     low: float | None = None
     high: float | None = None
 
+    @property
+    def takes_temperature(self) -> bool:
+        """Whether sampling can scale the base by a temperature (only the normal base)."""
+        return self.kind == "normal"
+
     def sample(self, n: int, dim: int, temperature: float, rng: np.random.Generator) -> np.ndarray:
+        if temperature != 1.0 and not self.takes_temperature:
+            raise ValueError(
+                f"temperature {temperature} has no meaning for a {self.kind} base (a compact "
+                "manifold); sample with temperature 1"
+            )
         if self.kind == "normal":
             return (temperature * rng.standard_normal((n, dim))).astype(np.float32)
+        if self.kind == "sphere":
+            eps = rng.standard_normal((n, dim))
+            norm = np.maximum(np.linalg.norm(eps, axis=1, keepdims=True), 1e-12)
+            return (eps / norm).astype(np.float32)
         assert self.low is not None and self.high is not None
         return rng.uniform(self.low, self.high, size=(n, dim)).astype(np.float32)
+
+
+# Served unit vectors (data kind ``unit_vector``) may be off the unit sphere by this much in norm
+# (|norm - 1|): float32 rounding and values printed to 4 decimals stay far inside it.
+UNIT_NORM_TOLERANCE = 1e-3
+# Served integer pixels (data kind ``image``) may be off an integer by this much.
+INTEGER_TOLERANCE = 1e-3
+
+DataKind = Literal["real", "angle", "unit_vector", "image"]
 
 
 class Preprocessing(_Strict):
     """What the graphs do to a raw row before the flow; informational, the graphs apply it.
 
-    ``standardize``: ``(x - mean) / scale`` per feature, its log-determinant ``-sum(log scale)``
-    included in ``log_prob``. ``dequantization``: for integer data, the kind used in training
-    (``uniform`` or ``variational``); at serving time the graphs score ``x`` as given.
+    ``data_kind`` says what a row is, and so how it is prepared and which rows are valid:
+
+    - ``real``: real-valued columns, standardized: ``(x - mean) / scale`` per feature, its
+      log-determinant ``-sum(log scale)`` included in ``log_prob``.
+    - ``angle``: angles in radians (circle, torus), never standardized; any finite value is
+      valid and is wrapped to ``[-pi, pi)`` (angles equal mod ``2 pi`` are the same point).
+    - ``unit_vector``: unit vectors in R^3 (the sphere), never standardized; rows whose norm is
+      off 1 by more than ``manifold_tolerance`` are off the sphere: refused by the service, and
+      ``log_prob = -inf`` in the graphs.
+    - ``image``: integer pixels in ``[0, num_values)`` (flat rows of ``input_shape``), never
+      standardized; constant pixels are fine. ``dequantization`` is what training used
+      (``uniform``: ``v = x + u - 1/2``, ``u ~ U[0, 1)^D``, so each integer owns the unit cell
+      centred on it); the graphs score ``x`` as given, i.e. the density at the cell centre.
+      Rows with a pixel outside ``[0, num_values - 1]`` or further than ``manifold_tolerance``
+      from an integer are refused by the service.
     """
 
     standardize_mean: list[float] | None = None
     standardize_scale: list[float] | None = None
     dequantization: Literal["uniform", "variational"] | None = None
     nan_policy: Literal["drop", "error"] = "drop"
+    data_kind: DataKind = "real"
+    manifold_tolerance: float | None = None
+    num_values: int | None = Field(None, ge=2)
+
+    def invalid_rows(self, rows: np.ndarray) -> tuple[np.ndarray, str]:
+        """Indices of (finite) raw rows outside this data kind's domain, and why they are."""
+        rows = np.asarray(rows)
+        none, tol = np.zeros(0, dtype=np.int64), self.manifold_tolerance
+        if self.data_kind == "unit_vector":
+            tol = UNIT_NORM_TOLERANCE if tol is None else tol
+            norm = np.linalg.norm(rows.astype(np.float64), axis=1)
+            bad = np.flatnonzero(np.abs(norm - 1.0) > tol)
+            return bad, f"are not unit vectors (|norm - 1| > {tol:g}): they are off the sphere"
+        if self.data_kind == "image":
+            tol = INTEGER_TOLERANCE if tol is None else tol
+            top = (self.num_values or 256) - 1
+            x = rows.astype(np.float64)
+            off = (np.abs(x - np.rint(x)) > tol) | (x < -tol) | (x > top + tol)
+            bad = np.flatnonzero(off.any(axis=1))
+            return bad, f"hold pixels that are not integers in [0, {top}]"
+        return none, ""
 
 
 class Metrics(_Strict):
@@ -114,6 +175,11 @@ class Metrics(_Strict):
     val_nll: float | None = None
     test_nll: float | None = None
     bits_per_dim: float | None = None
+    bits_per_dim_kind: Literal["continuous_density", "dequantized_bound"] | None = Field(
+        None,
+        description="continuous_density: test NLL / (D ln 2) of a density; dequantized_bound: "
+        "an upper bound on the discrete bits/dim of integer data (uniform dequantization)",
+    )
     epochs: int | None = None
     train_rows: int | None = None
 
@@ -305,6 +371,16 @@ class Parity(_Strict):
     )
     roundtrip_tolerance: float
     torchscript_max_abs_log_prob_diff: float | None = None
+    checked_rows: dict[str, int] = Field(
+        default_factory=dict, description="rows checked per set: heldout, fresh, ood"
+    )
+    max_abs_log_prob_diff_by_set: dict[str, float] = Field(
+        default_factory=dict, description="ONNX Runtime vs torch per set of rows, nats"
+    )
+    solver_error: float | None = Field(
+        None, description="ODE families: max |log_prob| of the served solver vs a finer one, nats"
+    )
+    solver_tolerance: float | None = None
 
 
 class Manifest(_Strict):
