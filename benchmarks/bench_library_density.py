@@ -1,4 +1,7 @@
-"""Density quality of flowserve's flow families against peer libraries, at one training budget.
+"""Library benchmark: flowserve's bare flow families against peer libraries, one training loop.
+
+This trains the bare flows in its own loop, never the defaults a user gets; the user path (the
+estimator and ``flowserve train`` with a time budget) is ``benchmarks/bench_density.py``.
 
 Every model (flowserve ``realnvp``, ``maf``, ``nsf``, ``nsf_ar``, ``glow``; zuko's RealNVP, MAF,
 NSF and coupling NSF; nflows' MAF and autoregressive NSF when installed) is trained by the same
@@ -22,9 +25,9 @@ else the best peer-library model in the same run.
 
 Usage::
 
-    python benchmarks/bench_density.py --quick   # 1 seed, few steps: a few minutes on 2 cores
-    python benchmarks/bench_density.py           # 3 seeds, larger budget
-    python benchmarks/bench_density.py --datasets moons --models flowserve/maf,zuko/maf
+    python benchmarks/bench_library_density.py --quick   # 1 seed, few steps: minutes on 2 cores
+    python benchmarks/bench_library_density.py           # 3 seeds, larger budget
+    python benchmarks/bench_library_density.py --datasets moons --models flowserve/maf,zuko/maf
 
 Peers come from the ``bench`` extra (``pip install -e ".[bench]"``); a missing peer library is
 reported and skipped.
