@@ -17,7 +17,7 @@ import flowserve
 from .batching import InferenceEngine
 from .errors import install_error_handlers
 from .kserve_v2 import kserve_v2_router
-from .limits import BodySizeLimit
+from .limits import BodySizeLimit, InFlightLimit
 from .metrics import ServiceMetrics
 from .repository import ModelRepository
 from .routes_ops import admin_router, health_router, models_router
@@ -110,6 +110,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimit, max_body_bytes=settings.max_body_bytes, on_reject=metrics.error
     )
+    # Added last, so outermost: an overloaded server refuses before doing anything else.
+    app.add_middleware(InFlightLimit, max_in_flight=settings.max_in_flight, on_reject=metrics.error)
     # Most-called routes first: Starlette matches routes in order, and matching is per request.
     app.include_router(prediction_router(_default, "", "default model"))
     app.include_router(prediction_router(_named, "/models/{name}", "named model"))

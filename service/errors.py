@@ -10,7 +10,9 @@ Hierarchy (each carries its HTTP status and machine code)::
     ├── ModelNotFound         404 model_not_found
     ├── VersionNotFound       404 version_not_found
     ├── ModelUnavailable      503 model_unavailable  (that version failed to load)
+    ├── Overloaded            503 overloaded         (too many requests in flight; Retry-After)
     ├── Unauthorized          401 unauthorized
+    ├── AdminDisabled         403 admin_disabled     (no admin key configured: /admin/* is off)
     └── UnsupportedMediaType  415 unsupported_media_type
 
 :func:`install_error_handlers` maps these, FastAPI's request validation errors and Starlette's
@@ -29,12 +31,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
+    "AdminDisabled",
     "ApiError",
     "BodyTooLarge",
     "InvalidInput",
     "ModelNotFound",
     "ModelUnavailable",
     "OutOfRange",
+    "Overloaded",
     "TooManyRows",
     "Unauthorized",
     "UnsupportedMediaType",
@@ -47,7 +51,7 @@ __all__ = [
 log = logging.getLogger("flowserve.service")
 
 # Fields whose range violations are reported as ``out_of_range`` rather than ``invalid_input``.
-RANGE_FIELDS = frozenset({"n", "temperature", "fpr"})
+RANGE_FIELDS = frozenset({"n", "temperature", "fpr", "fdr", "seed"})
 _RANGE_TYPES = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
 
 
@@ -98,9 +102,19 @@ class ModelUnavailable(ApiError):
     code = "model_unavailable"
 
 
+class Overloaded(ApiError):
+    status_code = 503
+    code = "overloaded"
+
+
 class Unauthorized(ApiError):
     status_code = 401
     code = "unauthorized"
+
+
+class AdminDisabled(ApiError):
+    status_code = 403
+    code = "admin_disabled"
 
 
 class UnsupportedMediaType(ApiError):
@@ -166,6 +180,8 @@ def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         _count(exc.code)
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        if isinstance(exc, Overloaded):
+            headers = {"Retry-After": str(exc.details.get("retry_after_s", 1))}
         return _render(exc, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -3,15 +3,21 @@
 A :class:`ModelSnapshot` is immutable: a request resolves its model from the snapshot current when
 it started and keeps that reference, so a :meth:`ModelRepository.reload` (which builds a new
 snapshot and swaps it in atomically) never changes the version under an in-flight request.
-Unchanged version directories are reused, not reloaded. A broken artifact is refused with an
-ERROR log line and listed as ``failed``; a name's default is its newest *ready* version, so a
-broken new version leaves the previous one serving.
+Unchanged version directories are reused, not reloaded. Reloads are transactional per version:
+a new or changed version is validated in full (manifest, containment, checksums, sessions, warm-up)
+before it replaces anything. A broken new version is listed as ``failed``; a broken *change* to a
+serving version keeps the loaded model serving (as Triton does) and records the failed attempt in
+``reload_error``, and the next reload that sees different files tries again. A name's default is
+its newest *ready* version. Files that vanish while a reload scans them never fail the reload.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import re
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +38,7 @@ log = logging.getLogger("flowserve.service.repository")
 # (relative path, size, mtime_ns) of every file in a version directory: cheap change detection.
 Fingerprint = tuple[tuple[str, int, int], ...]
 PREFERRED_DEFAULT = "sensors"
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,6 +54,8 @@ class ModelVersion:
     manifest: Manifest | None = None
     error: str | None = None
     loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    reload_error: str | None = None  # the last failed attempt to replace this loaded version
+    reload_failed_at: datetime | None = None
 
     @property
     def ready(self) -> bool:
@@ -94,10 +103,8 @@ class ModelSnapshot:
                     model=name,
                 )
             return versions[v]
-        try:
-            v = int(version)
-        except (TypeError, ValueError):
-            v = -1
+        # Canonical decimal only: "+1", " 1" and "01" name no version.
+        v = int(version) if isinstance(version, int) or _DECIMAL.fullmatch(version) else -1
         mv = versions.get(v)
         if mv is None:
             known = ", ".join(str(k) for k in sorted(versions))
@@ -113,26 +120,40 @@ class ModelSnapshot:
         return mv
 
 
-def _fingerprint(directory: Path) -> Fingerprint:
+def _fingerprint(directory: Path) -> Fingerprint | None:
+    """The directory's fingerprint, or None when it vanished while being scanned. A file that
+    vanishes mid-scan is left out: the fingerprint then differs and the next scan looks again."""
     items = []
-    for p in sorted(directory.rglob("*")):
-        if p.is_file():
+    try:
+        paths = sorted(directory.rglob("*"))
+    except OSError:
+        return None
+    for p in paths:
+        try:
             st = p.stat()
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
             items.append((str(p.relative_to(directory)), st.st_size, st.st_mtime_ns))
-    return tuple(items)
+    return tuple(items) if directory.is_dir() else None
+
+
+def _listdir(directory: Path) -> list[Path]:
+    try:
+        return sorted(directory.iterdir())
+    except OSError:  # removed (or made unreadable) while scanning
+        return []
 
 
 def scan_root(root: Path) -> dict[tuple[str, int], Path]:
     """``(name, version) -> directory`` of every ``<root>/<name>/<int>/`` (hidden names skipped)."""
     found: dict[tuple[str, int], Path] = {}
     root = Path(root)
-    if not root.is_dir():
-        return found
-    for name_dir in sorted(root.iterdir()):
-        if not name_dir.is_dir() or name_dir.name.startswith((".", "_")):
+    for name_dir in _listdir(root):
+        if name_dir.name.startswith((".", "_")) or not name_dir.is_dir():
             continue
-        for vdir in name_dir.iterdir():
-            if vdir.is_dir() and vdir.name.isdigit():
+        for vdir in _listdir(name_dir):
+            if vdir.name.isdigit() and vdir.is_dir():
                 found[(name_dir.name, int(vdir.name))] = vdir
     return found
 
@@ -166,6 +187,7 @@ class ModelRepository:
         self.on_load_failure = on_load_failure
         self._snapshot = ModelSnapshot(MappingProxyType({}), None, 0)
         self._lock = threading.Lock()
+        self._reloads_started = 0  # lets concurrent reload calls share one scan
         self.loaded = False  # True once the first reload finished (readiness)
 
     @property
@@ -204,7 +226,8 @@ class ModelRepository:
         return ModelVersion(name, version, directory, "ready", fp, model, model.manifest)
 
     def fingerprints(self) -> dict[tuple[str, int], Fingerprint]:
-        return {key: _fingerprint(d) for key, d in scan_root(self.root).items()}
+        found = {key: _fingerprint(d) for key, d in scan_root(self.root).items()}
+        return {key: fp for key, fp in found.items() if fp is not None}
 
     def changed(self) -> bool:
         """Whether the root differs from the current snapshot (new, removed or edited files)."""
@@ -215,18 +238,48 @@ class ModelRepository:
         }
         return self.fingerprints() != current
 
+    def _replace(self, prev: ModelVersion | None, candidate: ModelVersion) -> ModelVersion:
+        """What serves after loading ``candidate`` over ``prev``: the candidate when it loaded
+        (or nothing was serving), else the loaded ``prev``, marked with the failed attempt."""
+        if candidate.ready or prev is None or not prev.ready:
+            return candidate
+        log.error(
+            "reloading %s/%s failed; keeping the loaded version serving: %s",
+            prev.name,
+            prev.version,
+            candidate.error,
+        )
+        return dataclasses.replace(
+            prev,
+            fingerprint=candidate.fingerprint,  # retry only once the files change again
+            reload_error=candidate.error,
+            reload_failed_at=candidate.loaded_at,
+        )
+
     def reload(self) -> ModelSnapshot:
-        """Rescan the root, load new or changed versions, and swap in the new snapshot."""
+        """Rescan the root, load new or changed versions, and swap in the new snapshot.
+
+        Calls that arrive while a reload runs wait for it and then share the next one, so a
+        flood of reload requests costs at most two scans at a time.
+        """
+        arrived = self._reloads_started
         with self._lock:
+            if self._reloads_started > arrived:
+                # A scan that began after this call arrived has just finished: it saw the files
+                # as they were when the caller asked, so its snapshot answers this call too.
+                return self._snapshot
+            self._reloads_started += 1
             old = self._snapshot
             models: dict[str, dict[int, ModelVersion]] = {}
             for (name, version), directory in sorted(scan_root(self.root).items()):
                 fp = _fingerprint(directory)
+                if fp is None:
+                    continue  # removed while scanning
                 prev = old.models.get(name, {}).get(version)
                 if prev is not None and prev.fingerprint == fp:
                     mv = prev  # unchanged: keep the loaded sessions
                 else:
-                    mv = self._load(name, version, directory, fp)
+                    mv = self._replace(prev, self._load(name, version, directory, fp))
                 models.setdefault(name, {})[version] = mv
             if not models:
                 log.warning("model root %s holds no <name>/<version>/ artifacts", self.root)

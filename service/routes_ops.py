@@ -21,7 +21,7 @@ from .schemas import (
     ReloadResponse,
     VersionInfo,
 )
-from .state import ApiKey, ServiceState, State
+from .state import AdminKey, ApiKey, ServiceState, State
 
 __all__ = ["admin_router", "health_router", "model_info", "models_router", "version_info"]
 
@@ -34,6 +34,8 @@ def version_info(mv: ModelVersion) -> VersionInfo:
         version=mv.version,
         status=mv.status,
         error=mv.error,
+        reload_error=mv.reload_error,
+        reload_failed_at=mv.reload_failed_at,
         family=m.family,
         dim=m.dim,
         input_shape=m.input_shape,
@@ -92,7 +94,7 @@ async def get_model(name: str, state: State) -> ModelInfo:
 async def get_version(name: str, version: str, state: State) -> VersionInfo:
     info = model_info(state.repository.snapshot, name)
     for v in info.versions:
-        if str(v.version) == version.strip():
+        if str(v.version) == version:
             return v
     known = ", ".join(str(v.version) for v in info.versions)
     raise VersionNotFound(f"model '{name}' has no version '{version}' (versions: {known})")
@@ -117,11 +119,16 @@ def readiness(state: ServiceState) -> tuple[bool, dict[str, int | None], list[st
 @health_router.get(
     "/readyz",
     response_model=ReadyResponse,
-    responses={503: {"model": ErrorBody, "description": "no model loaded yet"}},
+    responses={503: {"model": ErrorBody, "description": "no model loaded yet, or shutting down"}},
     summary="Readiness: models loaded and warmed up",
 )
 async def readyz(state: State) -> Response:
     ready, models, failed = readiness(state)
+    if state.draining:
+        return codec.json_response(
+            error_body("draining", "not ready: shutting down", models=models, failed=failed),
+            503,
+        )
     if not ready:
         why = "models are still loading" if not state.repository.loaded else "no model is ready"
         return codec.json_response(
@@ -139,13 +146,16 @@ async def metrics(state: State) -> Response:
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[ApiKey])
+admin_router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey])
 
 
 @admin_router.post(
     "/reload",
     response_model=ReloadResponse,
-    responses={401: {"model": ErrorBody}},
+    responses={
+        401: {"model": ErrorBody, "description": "missing or invalid admin key"},
+        403: {"model": ErrorBody, "description": "admin endpoints are off (no admin key set)"},
+    },
     summary="Rescan the model root and load new or changed versions",
 )
 async def reload(state: State) -> ReloadResponse:

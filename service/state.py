@@ -9,12 +9,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from .batching import InferenceEngine
-from .errors import Unauthorized
+from .errors import AdminDisabled, Unauthorized
 from .metrics import ServiceMetrics
 from .repository import ModelRepository, ModelVersion
 from .settings import ServiceSettings
 
 __all__ = [
+    "AdminKey",
     "ApiKey",
     "DefaultModel",
     "NamedModel",
@@ -22,6 +23,7 @@ __all__ = [
     "State",
     "VersionedModel",
     "get_state",
+    "require_admin_key",
     "require_api_key",
 ]
 
@@ -32,6 +34,7 @@ class ServiceState:
     repository: ModelRepository
     engine: InferenceEngine
     metrics: ServiceMetrics
+    draining: bool = False  # set on SIGTERM: /readyz answers 503 while in-flight work finishes
 
 
 def get_state(request: Request) -> ServiceState:
@@ -47,16 +50,17 @@ async def _state_dep(request: Request) -> ServiceState:
 State = Annotated[ServiceState, Depends(_state_dep)]
 
 
-def require_api_key(request: Request) -> None:
-    """When API keys are configured: ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``."""
-    keys = request.app.state.flowserve.settings.api_keys
-    if not keys:
-        return
+def _given_key(request: Request) -> str | None:
     given = request.headers.get("x-api-key")
     if given is None:
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         given = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return given
+
+
+def _check_key(request: Request, keys: list[str]) -> None:
+    given = _given_key(request)
     if given is None:
         raise Unauthorized(
             "missing API key: send it as header 'X-API-Key: <key>' or 'Authorization: Bearer <key>'"
@@ -69,11 +73,37 @@ def require_api_key(request: Request) -> None:
         raise Unauthorized("invalid API key")
 
 
+def require_api_key(request: Request) -> None:
+    """When API keys are configured: ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``."""
+    keys = request.app.state.flowserve.settings.api_keys
+    if keys:
+        _check_key(request, keys)
+
+
+def require_admin_key(request: Request) -> None:
+    """Admin routes need an admin key (model keys are not admin keys); with none configured
+    they are off (403), so a default server cannot be reloaded by anyone who reaches it."""
+    keys = request.app.state.flowserve.settings.admin_keys
+    if not keys:
+        raise AdminDisabled(
+            "admin endpoints are off: start the server with FLOWSERVE_ADMIN_KEYS or "
+            "FLOWSERVE_ADMIN_KEY_FILE set (or use --watch to follow the model root)"
+        )
+    _check_key(request, keys)
+
+
 async def _api_key_dep(request: Request) -> None:
     require_api_key(request)
 
 
 ApiKey = Depends(_api_key_dep)
+
+
+async def _admin_key_dep(request: Request) -> None:
+    require_admin_key(request)
+
+
+AdminKey = Depends(_admin_key_dep)
 
 
 async def _default(request: Request) -> ModelVersion:

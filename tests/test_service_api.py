@@ -313,7 +313,7 @@ def test_api_keys(repo):
             "invalid",
         )
         assert_error(c.get("/models", headers={"authorization": "Bearer bad"}), 401, "unauthorized")
-        assert_error(c.post("/admin/reload"), 401, "unauthorized")
+        assert_error(c.post("/admin/reload"), 403, "admin_disabled")  # no admin key set
         assert c.post("/log_prob", json=body, headers={"x-api-key": "k2"}).status_code == 200
         assert c.get("/models", headers={"authorization": "Bearer k1"}).status_code == 200
         for open_path in ("/healthz", "/readyz", "/metrics"):

@@ -21,9 +21,11 @@ from tests.service_fixtures import (
 )
 
 ROW = {"inputs": [[0.5, -0.5, 1.0]]}
+ADMIN = {"x-api-key": "admin-secret"}
 
 
 def client_for(root: Path, **kw: object) -> TestClient:
+    kw.setdefault("admin_keys", [ADMIN["x-api-key"]])
     return TestClient(create_app(ServiceSettings(model_root=root, **kw)))
 
 
@@ -68,7 +70,7 @@ def test_reload_picks_up_new_version_and_keeps_old_on_broken(tmp_path):
     with client_for(tmp_path) as c:
         assert c.post("/log_prob", json={"inputs": x.tolist()}).json()["version"] == 1
         _, f2 = build_affine_artifact(tmp_path, "toy", 2, affine_flow(3, seed=5))
-        r = c.post("/admin/reload").json()
+        r = c.post("/admin/reload", headers=ADMIN).json()
         assert r["models"][0]["default_version"] == 2
         body = c.post("/log_prob", json={"inputs": x.tolist()}).json()
         assert body["version"] == 2
@@ -79,7 +81,7 @@ def test_reload_picks_up_new_version_and_keeps_old_on_broken(tmp_path):
         # a broken version 3 is refused; version 2 keeps serving as the default
         bad, _ = build_affine_artifact(tmp_path, "toy", 3, affine_flow(3, seed=6))
         corrupt_artifact(bad)
-        r = c.post("/admin/reload").json()
+        r = c.post("/admin/reload", headers=ADMIN).json()
         toy = r["models"][0]
         assert toy["default_version"] == 2
         assert toy["versions"][0]["version"] == 3 and toy["versions"][0]["status"] == "failed"
@@ -118,7 +120,7 @@ def test_in_flight_request_finishes_on_its_version(tmp_path):
         t.start()
         assert started.wait(10)
         build_affine_artifact(tmp_path, "toy", 2, affine_flow(3, seed=5))
-        assert c.post("/admin/reload").json()["models"][0]["default_version"] == 2
+        assert c.post("/admin/reload", headers=ADMIN).json()["models"][0]["default_version"] == 2
         release.set()
         t.join(10)
         assert result["version"] == 1
