@@ -68,12 +68,17 @@ def loads(body: bytes) -> Any:
     if orjson is not None:
         try:
             return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass  # maybe NaN/Infinity, which orjson rejects: let the standard parser decide
+        except orjson.JSONDecodeError as e:
+            # NaN/Infinity, which orjson rejects, go to the standard parser so they can be
+            # reported by row; any other error is final (orjson also bounds nesting depth).
+            if b"NaN" not in body and b"Infinity" not in body:
+                raise InvalidInput(f"the request body is not valid JSON: {e}") from None
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidInput(f"the request body is not valid JSON: {e}") from e
+    except RecursionError:
+        raise InvalidInput("the request body is not valid JSON: it is nested too deeply") from None
 
 
 def _rows_named(rows: list[Any], names: list[str]) -> np.ndarray:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from . import codec
+from . import codec, limits
 from .errors import ApiError, InvalidInput, OutOfRange, from_validation_errors
 from .repository import ModelVersion
 from .schemas import (
@@ -86,6 +86,8 @@ async def _rows(
     assert mv.manifest is not None
     if kind == "npy":
         return codec.rows_from_npy(body, mv.manifest), {}
+    s = state.settings
+    limits.check_json_values(body, s.max_rows, mv.manifest.dim, s.max_json_values)
     payload = _object(codec.loads(body), allowed, {"inputs"})
     rows = codec.rows_from_json(
         payload["inputs"],
@@ -131,7 +133,8 @@ async def _log_prob(request: Request, state: ServiceState, mv: ModelVersion) -> 
 
 async def _score(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
     x, payload = await _rows(request, state, mv, {"inputs", "fpr"}, named=True)
-    fpr = _check_fpr(payload.get("fpr", request.query_params.get("fpr")))
+    # The body's fpr wins; the query's was validated by FastAPI (see _endpoint).
+    fpr = _check_fpr(payload["fpr"]) if "fpr" in payload else request.state.fpr_query
     lp = await state.engine.log_prob(mv.model, x)  # type: ignore[arg-type]
     res = mv.model.score_log_prob(lp, fpr)  # type: ignore[union-attr]
     state.metrics.rows_done("score", mv.name, len(x))
@@ -182,6 +185,7 @@ async def _decode(request: Request, state: ServiceState, mv: ModelVersion) -> Re
 async def _sample(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
     codec.body_kind(request.headers.get("content-type"), binary_ok=False)
     body = await request.body()
+    limits.check_json_values(body, 0, 0, 64)  # a small object of options, never rows
     payload = codec.loads(body) if body.strip() else {}
     try:
         req = SampleRequest.model_validate(payload)
@@ -199,7 +203,15 @@ async def _sample(request: Request, state: ServiceState, mv: ModelVersion) -> Re
             f"got {req.temperature}",
             field="temperature",
         )
-    samples = await state.engine.run(mv.model.sample, req.n, req.temperature, req.seed)  # type: ignore[union-attr]
+    model = mv.model
+    assert model is not None
+    # Small n: the noise is drawn here and the inverse graph runs inline or batched by the same
+    # measured-cost rule as /log_prob; large n: drawn on a worker thread too.
+    if req.n <= state.engine.inline_max_rows:
+        z = model.sample_latent(req.n, req.temperature, req.seed)
+    else:
+        z = await state.engine.run(model.sample_latent, req.n, req.temperature, req.seed)
+    samples = await state.engine.inverse(model, z)
     state.metrics.rows_done("sample", mv.name, req.n)
     if codec.wants_npy(request.headers.get("accept")):
         return codec.npy_response(samples, _headers(mv))
@@ -234,7 +246,7 @@ def _endpoint(
 
     async def endpoint(request: Request, **params: Any) -> Response:
         require_api_key(request)
-        params.pop("fpr", None)  # /score reads it itself (body wins over the query)
+        request.state.fpr_query = params.pop("fpr", None)  # /score: the body's fpr wins
         mv = await resolver(request, **params)
         return await _observe(name, request, mv, impl)
 

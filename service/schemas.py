@@ -38,7 +38,8 @@ Row = list[float] | dict[str, float]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "0.1" is not a number and true is not a count
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RowsRequest(_Request):
@@ -76,7 +77,9 @@ class SampleRequest(_Request):
 
     n: int = Field(1, ge=1, description="rows to draw (at most the server's max_sample)")
     temperature: float = Field(1.0, gt=0.0, description="scales the base noise (at most 10)")
-    seed: int | None = Field(None, description="same seed, same rows")
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="same seed, same rows (0 to 2**63 - 1)"
+    )
 
 
 class ModelAnswer(BaseModel):
@@ -151,6 +154,12 @@ class ReadyResponse(BaseModel):
     models: dict[str, int | None] = Field(description="name -> default version")
     failed: list[str] = Field(default_factory=list, description="'name/version' that failed")
 
+    reload_error: str | None = Field(
+        None,
+        description="why the last attempt to replace this ready version with changed files "
+        "failed (the loaded version kept serving); null when it did not fail",
+    )
+    reload_failed_at: datetime | None = None
 
 class ReloadResponse(ModelList):
     generation: int
