@@ -12,8 +12,9 @@ V2 server. Routes (``{v}`` optional everywhere a model is named)::
 
 Inference takes one input tensor ``x`` (``[N, dim]``, any numeric datatype, data flat or
 nested, row-major) and answers the outputs ``log_prob`` (FP32 ``[N]``), ``z`` (FP32
-``[N, dim]``), ``score`` (FP32 ``[N]``, = -log_prob), ``percentile`` (FP64 ``[N]``) and
-``is_anomaly`` (BOOL ``[N]``), all of them unless the request's ``outputs`` names some.
+``[N, dim]``), ``score`` (FP32 ``[N]``, = -log_prob), ``percentile`` (FP64 ``[N]``),
+``is_anomaly`` (BOOL ``[N]``) and ``p_value`` (FP64 ``[N]``, the conformal p-value), all of them
+unless the request's ``outputs`` names some.
 Request ``parameters`` may carry ``fpr`` (false-positive rate for ``is_anomaly``); the response
 ``parameters`` carry the ``fpr`` and ``threshold`` used.
 
@@ -49,6 +50,7 @@ from .errors import (
 )
 from .repository import ModelVersion
 from .routes_ops import readiness
+from .routes_predict import score_batch
 from .state import ServiceState, get_state, require_api_key
 
 __all__ = ["OUTPUTS", "V2Route", "kserve_v2_router"]
@@ -61,6 +63,7 @@ OUTPUTS: dict[str, tuple[str, bool]] = {
     "score": ("FP32", False),
     "percentile": ("FP64", False),
     "is_anomaly": ("BOOL", False),
+    "p_value": ("FP64", False),
 }
 _NUMERIC_TYPES = frozenset(
     {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
@@ -252,13 +255,14 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         fpr = _fpr(payload)
         assert mv.model is not None
         z, log_prob = await state.engine.forward(mv.model, x)
-        scored = mv.model.score_log_prob(log_prob, fpr)
+        scored = score_batch(state, mv, log_prob, fpr)  # 422 below 1/(n+1); drift window
         values: dict[str, np.ndarray] = {
             "log_prob": log_prob.astype(np.float32, copy=False),
             "z": z,
             "score": (-log_prob).astype(np.float32, copy=False),
             "percentile": np.asarray(scored.percentile, dtype=np.float64),
             "is_anomaly": np.asarray(scored.is_anomaly, dtype=bool),
+            "p_value": np.asarray(scored.p_value, dtype=np.float64),
         }
         state.metrics.rows.labels("v2_infer", mv.name).inc(len(x))
     except ApiError as e:

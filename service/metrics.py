@@ -9,7 +9,11 @@ Names: ``flowserve_requests_total{endpoint,model,version,status}``,
 ``flowserve_request_duration_seconds{endpoint,model}``, ``flowserve_rows_total{endpoint,model}``,
 ``flowserve_errors_total{code}``, ``flowserve_model_load_failures_total{model}``,
 ``flowserve_batch_rows`` / ``flowserve_batch_requests`` (server-side batching),
-``flowserve_models_ready`` and ``flowserve_models_failed``.
+``flowserve_models_ready`` and ``flowserve_models_failed``; served-score drift per model version
+(:mod:`flowserve.service.drift`): ``flowserve_drift_ks``, ``flowserve_drift_ks_critical``,
+``flowserve_drift_psi``, ``flowserve_drift_flag_rate``, ``flowserve_drift_expected_flag_rate``,
+``flowserve_drift_window_rows`` and ``flowserve_drift_alert`` (1 when the status is ``drift``),
+labelled ``{model,version}`` (with several workers: the largest over live workers).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from .drift import DriftSummary
+
 __all__ = [
     "CONTENT_TYPE_LATEST",
     "MULTIPROC_ENV",
@@ -50,6 +56,15 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Files of gauges in a "live*" mode, one per process: ``gauge_<mode>_<pid>.db``.
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
 
+_DRIFT_GAUGES = {
+    "ks": "KS statistic, served vs calibration scores (sliding window)",
+    "ks_critical": "5% critical value of the drift KS statistic for the window",
+    "psi": "Population stability index of served p-values (sliding window)",
+    "flag_rate": "Share of served rows flagged (sliding window)",
+    "expected_flag_rate": "Flag rate the requested false-positive rates imply (sliding window)",
+    "window_rows": "Rows in the drift window",
+    "alert": "1 when the drift window shows drift (KS above critical or PSI above 0.25)",
+}
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 65536)
 
@@ -175,6 +190,29 @@ class ServiceMetrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.drift = {
+            field: Gauge(
+                f"flowserve_drift_{field}",
+                text,
+                ["model", "version"],
+                registry=r,
+                multiprocess_mode="livemax",
+            )
+            for field, text in _DRIFT_GAUGES.items()
+        }
+        self._drift_children: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def observe_drift(self, model: str, version: int, summary: DriftSummary) -> None:
+        """Publish a model version's drift window (see :mod:`flowserve.service.drift`)."""
+        children = self._drift_children.get((model, version))
+        if children is None:
+            children = self._drift_children[model, version] = {
+                field: gauge.labels(model, str(version)) for field, gauge in self.drift.items()
+            }
+        values = summary.to_dict()
+        values["alert"] = float(summary.status == "drift")
+        for field, child in children.items():
+            child.set(values[field])
 
     def request(self, endpoint: str, model: str, version: int, status: str, seconds: float) -> None:
         """Count one answered model request and its latency."""

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from . import codec
+from .drift import drift_info
 from .errors import ModelNotFound, VersionNotFound, error_body
 from .metrics import CONTENT_TYPE_LATEST
 from .repository import ModelSnapshot, ModelVersion
@@ -47,7 +48,11 @@ def version_info(mv: ModelVersion) -> VersionInfo:
             default_fpr=m.calibration.default_fpr,
             threshold=m.calibration.threshold,
             n_rows=m.calibration.n_rows,
+            method=m.calibration.method,
+            min_fpr=m.calibration.min_fpr,
+            exact=m.calibration.exact,
         ),
+        drift=drift_info(mv.model),
         created_at=m.created_at,
     )
 

@@ -15,9 +15,13 @@ from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from flowserve.conformal import benjamini_hochberg
+
 from . import codec, limits
+from .drift import drift_window
 from .errors import ApiError, InvalidInput, OutOfRange, from_validation_errors
 from .repository import ModelVersion
+from .runtime import ScoreResult
 from .schemas import (
     DecodeResponse,
     EncodeResponse,
@@ -30,7 +34,7 @@ from .schemas import (
 )
 from .state import ServiceState, get_state, require_api_key
 
-__all__ = ["prediction_router", "request_body_docs"]
+__all__ = ["prediction_router", "request_body_docs", "score_batch"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
@@ -115,11 +119,56 @@ async def _observe(endpoint: str, request: Request, mv: ModelVersion, handler: H
         state.metrics.request(endpoint, mv.name, mv.version, status, time.perf_counter() - start)
 
 
-def _check_fpr(fpr: Any) -> float | None:
+def _score_options(payload: dict[str, Any], query: dict[str, Any]) -> ScoreOptions:
+    """``fpr`` and ``fdr``: the body's win; the query's were validated by FastAPI."""
     try:
-        return ScoreOptions.model_validate({"fpr": fpr}).fpr
+        given = ScoreOptions.model_validate({k: payload[k] for k in ("fpr", "fdr") if k in payload})
     except ValidationError as e:
         raise from_validation_errors(e.errors()) from None
+    return ScoreOptions.model_construct(
+        fpr=given.fpr if "fpr" in payload else query.get("fpr"),
+        fdr=given.fdr if "fdr" in payload else query.get("fdr"),
+    )
+
+
+def score_batch(
+    state: ServiceState, mv: ModelVersion, log_prob: np.ndarray, fpr: float | None
+) -> ScoreResult:
+    """Anomaly scores of served log-likelihoods at ``fpr``, added to the version's drift window.
+
+    A rate below the calibration's attainable minimum ``1/(n+1)`` is a 422 that names it.
+    """
+    assert mv.model is not None and mv.manifest is not None
+    try:
+        res = mv.model.score_log_prob(log_prob, fpr)
+    except ValueError as e:
+        cal = mv.manifest.calibration
+        raise OutOfRange(str(e), field="fpr", min_fpr=cal.min_fpr, n_rows=cal.n_rows) from None
+    window = drift_window(mv.model)
+    assert window is not None
+    summary = window.observe(res.p_value, res.is_anomaly, res.fpr)
+    state.metrics.observe_drift(mv.name, mv.version, summary)
+    return res
+
+
+# Columns of a binary /score reply, by ?columns= name (default: the first three, as before).
+_NPY_COLUMNS = ("log_prob", "percentile", "is_anomaly", "p_value", "score", "fdr_selected")
+_DEFAULT_NPY_COLUMNS = "log_prob,percentile,is_anomaly"
+
+
+def _npy_columns(query: str | None, fdr: float | None) -> list[str]:
+    names = [c.strip() for c in (query or _DEFAULT_NPY_COLUMNS).split(",") if c.strip()]
+    unknown = sorted(set(names) - set(_NPY_COLUMNS))
+    if unknown or not names:
+        raise InvalidInput(
+            f"columns: unknown column(s) {unknown}; choose from {list(_NPY_COLUMNS)}"
+            if unknown
+            else "columns: name at least one column",
+            field="columns",
+        )
+    if "fdr_selected" in names and fdr is None:
+        raise InvalidInput("columns: fdr_selected needs fdr (?fdr=0.1)", field="columns")
+    return names
 
 
 async def _log_prob(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
@@ -132,30 +181,45 @@ async def _log_prob(request: Request, state: ServiceState, mv: ModelVersion) -> 
 
 
 async def _score(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
-    x, payload = await _rows(request, state, mv, {"inputs", "fpr"}, named=True)
-    # The body's fpr wins; the query's was validated by FastAPI (see _endpoint).
-    fpr = _check_fpr(payload["fpr"]) if "fpr" in payload else request.state.fpr_query
+    x, payload = await _rows(request, state, mv, {"inputs", "fpr", "fdr"}, named=True)
+    query = request.state.score_query
+    opts = _score_options(payload, query)
+    npy_out = codec.wants_npy(request.headers.get("accept"))
+    columns = _npy_columns(query.get("columns"), opts.fdr) if npy_out else []
     lp = await state.engine.log_prob(mv.model, x)  # type: ignore[arg-type]
-    res = mv.model.score_log_prob(lp, fpr)  # type: ignore[union-attr]
+    res = score_batch(state, mv, lp, opts.fpr)
+    selected = None if opts.fdr is None else benjamini_hochberg(res.p_value, opts.fdr)
     state.metrics.rows_done("score", mv.name, len(x))
-    if codec.wants_npy(request.headers.get("accept")):
-        table = np.stack([lp, res.percentile, res.is_anomaly], axis=1).astype(np.float32)
+    if npy_out:
+        values = {
+            "log_prob": lp,
+            "percentile": res.percentile,
+            "is_anomaly": res.is_anomaly,
+            "p_value": res.p_value,
+            "score": -lp,
+            "fdr_selected": selected,
+        }
+        table = np.stack([values[c] for c in columns], axis=1).astype(np.float32)
         headers = _headers(mv)
         headers["X-Flowserve-Threshold"] = repr(res.threshold)
         headers["X-Flowserve-Fpr"] = repr(res.fpr)
+        headers["X-Flowserve-Columns"] = ",".join(columns)
         return codec.npy_response(table, headers)
-    return codec.json_response(
-        {
-            "model": mv.name,
-            "version": mv.version,
-            "fpr": res.fpr,
-            "threshold": res.threshold,
-            "log_prob": lp,
-            "score": -lp,
-            "percentile": res.percentile,
-            "is_anomaly": res.is_anomaly,
-        }
-    )
+    body: dict[str, Any] = {
+        "model": mv.name,
+        "version": mv.version,
+        "fpr": res.fpr,
+        "threshold": res.threshold,
+        "log_prob": lp,
+        "score": -lp,
+        "percentile": res.percentile,
+        "p_value": res.p_value,
+        "is_anomaly": res.is_anomaly,
+    }
+    if selected is not None:
+        body["fdr"] = opts.fdr
+        body["fdr_selected"] = selected
+    return codec.json_response(body)
 
 
 async def _encode(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
@@ -225,13 +289,33 @@ _ENDPOINTS: list[tuple[str, Handler, type, str | None, str]] = [
         _score,
         ScoreResponse,
         "ScoreRequest",
-        "Anomaly scores: score = -log_prob, percentile against held-out data, is_anomaly at "
-        "false-positive rate fpr (JSON field or ?fpr= query; default: the model's).",
+        "Anomaly scores: score = -log_prob, percentile against held-out data, conformal "
+        "p_value, is_anomaly (p_value <= fpr) at false-positive rate fpr (JSON field or ?fpr= "
+        "query; default: the model's; at least 1/(n+1)); with fdr, Benjamini-Hochberg "
+        "selection fdr_selected.",
     ),
     ("encode", _encode, EncodeResponse, "RowsRequest", "Latent codes z and log|det dz/dx|."),
     ("decode", _decode, DecodeResponse, "DecodeRequest", "Rows for latent codes z."),
     ("sample", _sample, SampleResponse, None, "n new rows (same seed, same rows)."),
 ]
+
+
+_SCORE_QUERY: dict[str, Any] = {
+    "fpr": Annotated[
+        float | None, Query(gt=0.0, lt=1.0, description="false-positive rate (binary bodies)")
+    ],
+    "fdr": Annotated[
+        float | None,
+        Query(gt=0.0, lt=1.0, description="false-discovery rate (binary bodies)"),
+    ],
+    "columns": Annotated[
+        str | None,
+        Query(
+            description="binary replies: comma-separated columns among "
+            f"{', '.join(_NPY_COLUMNS)} (default {_DEFAULT_NPY_COLUMNS})"
+        ),
+    ],
+}
 
 
 def _endpoint(
@@ -246,7 +330,8 @@ def _endpoint(
 
     async def endpoint(request: Request, **params: Any) -> Response:
         require_api_key(request)
-        request.state.fpr_query = params.pop("fpr", None)  # /score: the body's fpr wins
+        # /score's query options, validated by FastAPI; the body's fpr and fdr win over them.
+        request.state.score_query = {k: params.pop(k, None) for k in _SCORE_QUERY}
         mv = await resolver(request, **params)
         return await _observe(name, request, mv, impl)
 
@@ -259,16 +344,9 @@ def _endpoint(
         if p.name != "request"
     ]
     if name == "score":
-        path_params.append(
-            inspect.Parameter(
-                "fpr",
-                inspect.Parameter.KEYWORD_ONLY,
-                default=None,
-                annotation=Annotated[
-                    float | None,
-                    Query(gt=0.0, lt=1.0, description="false-positive rate (binary bodies)"),
-                ],
-            )
+        path_params.extend(
+            inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a)
+            for option, a in _SCORE_QUERY.items()
         )
     endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [request_param, *path_params], return_annotation=Response

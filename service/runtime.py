@@ -63,13 +63,15 @@ def base_log_prob(base: BaseSpec, z: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """Anomaly scores of a batch: ``score = -log_prob``; ``percentile`` in [0, 100]."""
+    """Anomaly scores of a batch: ``score = -log_prob``; ``percentile`` in [0, 100];
+    ``p_value`` the conformal p-value (``is_anomaly`` is ``p_value <= fpr``)."""
 
     log_prob: np.ndarray
     percentile: np.ndarray
     is_anomaly: np.ndarray
     threshold: float
     fpr: float
+    p_value: np.ndarray
 
     @property
     def score(self) -> np.ndarray:
@@ -145,11 +147,18 @@ class FlowModel:
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         rng = np.random.default_rng(seed)
-        z = self.manifest.base.sample(n, self.dim, temperature, rng)
-        return self.decode(z)
+        return self.manifest.base.sample(n, self.dim, temperature, rng)
+
+    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> np.ndarray:
+        """``n`` rows: :meth:`sample_latent` through the inverse graph."""
+        return self.decode(self.sample_latent(n, temperature, seed))
 
     def score_log_prob(self, log_prob: np.ndarray, fpr: float | None = None) -> ScoreResult:
-        """Anomaly scores from already computed log-likelihoods (see :meth:`score`)."""
+        """Anomaly scores from already computed log-likelihoods (see :meth:`score`).
+
+        Raises ``ValueError`` when ``fpr`` is outside (0, 1) or below the calibration's
+        attainable minimum ``1/(n+1)``.
+        """
         cal = self.manifest.calibration
         fpr = cal.default_fpr if fpr is None else float(fpr)
         if not 0.0 < fpr < 1.0:
@@ -158,7 +167,7 @@ class FlowModel:
         lp = np.asarray(log_prob)
         # NaN log-likelihoods (should not happen for finite input) count as anomalies.
         is_anomaly = ~(lp >= threshold)
-        return ScoreResult(lp, cal.percentile(lp), is_anomaly, threshold, fpr)
+        return ScoreResult(lp, cal.percentile(lp), is_anomaly, threshold, fpr, cal.p_values(lp))
 
     def score(self, x: np.ndarray, fpr: float | None = None) -> ScoreResult:
         """Anomaly scores against the manifest calibration at false-positive rate ``fpr``

@@ -16,6 +16,7 @@ __all__ = [
     "CalibrationSummary",
     "DecodeRequest",
     "DecodeResponse",
+    "DriftInfo",
     "EncodeResponse",
     "ErrorBody",
     "ErrorDetail",
@@ -58,7 +59,15 @@ class ScoreOptions(_Request):
         None,
         gt=0.0,
         lt=1.0,
-        description="false-positive rate for is_anomaly (default: the model's calibration)",
+        description="false-positive rate for is_anomaly, at least the model's min_fpr = "
+        "1/(n+1) (default: the model's calibration)",
+    )
+    fdr: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="false-discovery rate: also select rows by Benjamini-Hochberg on the "
+        "batch's p-values (fdr_selected)",
     )
 
 
@@ -97,7 +106,14 @@ class ScoreResponse(ModelAnswer):
     log_prob: list[float | None]
     score: list[float | None] = Field(description="-log_prob")
     percentile: list[float] = Field(description="0-100: share of held-out rows more likely")
-    is_anomaly: list[bool]
+    p_value: list[float] = Field(
+        description="conformal p-value (1 + #{calibration scores >= score}) / (n + 1)"
+    )
+    is_anomaly: list[bool] = Field(description="p_value <= fpr (equivalently log_prob < threshold)")
+    fdr: float | None = Field(None, description="the requested false-discovery rate, if any")
+    fdr_selected: list[bool] | None = Field(
+        None, description="rows selected by Benjamini-Hochberg at fdr (when fdr is given)"
+    )
 
 
 class EncodeResponse(ModelAnswer):
@@ -116,7 +132,22 @@ class SampleResponse(ModelAnswer):
 class CalibrationSummary(BaseModel):
     default_fpr: float
     threshold: float
-    n_rows: int
+    n_rows: int = Field(description="calibration rows n")
+    method: str = Field(description="split, cross-fit or holdout")
+    min_fpr: float = Field(description="smallest attainable false-positive rate, 1/(n+1)")
+    exact: bool = Field(description="conformal p-values from stored scores (else interpolated)")
+
+
+class DriftInfo(BaseModel):
+    """Served scores of the last window_rows rows against the calibration distribution."""
+
+    window_rows: int
+    ks: float = Field(description="KS statistic of the window's p-values against no drift")
+    ks_critical: float = Field(description="its 5% critical value")
+    psi: float = Field(description="population stability index (> 0.25: major shift)")
+    flag_rate: float
+    expected_flag_rate: float
+    status: Literal["insufficient", "ok", "drift"]
 
 
 class VersionInfo(BaseModel):
@@ -131,6 +162,7 @@ class VersionInfo(BaseModel):
     runtime: str | None = None
     metrics: dict[str, float | int | None] | None = None
     calibration: CalibrationSummary | None = None
+    drift: DriftInfo | None = Field(None, description="null until rows have been scored")
     created_at: datetime | None = None
 
 

@@ -65,6 +65,7 @@ def test_model_metadata_describes_tensors(setup: tuple[TestClient, AffineFlow]) 
         "score": ("FP32", [-1]),
         "percentile": ("FP64", [-1]),
         "is_anomaly": ("BOOL", [-1]),
+        "p_value": ("FP64", [-1]),
     }
     assert client.get("/v2/models/toy/versions/1", headers=AUTH).status_code == 200
     ready = client.get("/v2/models/toy/versions/2/ready", headers=AUTH)
@@ -84,7 +85,7 @@ def test_infer_matches_score_and_encode(setup: tuple[TestClient, AffineFlow]) ->
     body = r.json()
     assert (body["model_name"], body["model_version"], body["id"]) == ("toy", "1", "req-1")
     out = {o["name"]: o for o in body["outputs"]}
-    assert list(out) == ["log_prob", "z", "score", "percentile", "is_anomaly"]
+    assert list(out) == ["log_prob", "z", "score", "percentile", "is_anomaly", "p_value"]
     assert out["z"]["shape"] == [7, 3] and out["log_prob"]["shape"] == [7]
     assert out["is_anomaly"]["datatype"] == "BOOL"
 
