@@ -25,6 +25,7 @@ from .routes_predict import prediction_router
 from .schemas import DecodeRequest, ErrorBody, RowsRequest, SampleRequest, ScoreRequest
 from .settings import ServiceSettings
 from .state import ServiceState, _default, _named, _versioned
+from .v2_schemas import V2_BODY_SCHEMAS
 
 __all__ = ["create_app"]
 
@@ -37,7 +38,9 @@ version) and `/models/{name}/versions/{version}`. JSON rows, or `.npy` bodies
 Errors are `{"error": {"code", "message", ...}}`."""
 
 # Request bodies parsed by the routes themselves; their schemas are added to the document.
-_BODY_SCHEMAS = (RowsRequest, ScoreRequest, DecodeRequest, SampleRequest, ErrorBody)
+_BODY_SCHEMAS = (
+    RowsRequest, ScoreRequest, DecodeRequest, SampleRequest, ErrorBody, *V2_BODY_SCHEMAS
+)  # fmt: skip
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

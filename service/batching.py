@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
+import threading
+import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -32,7 +35,7 @@ from anyio import CapacityLimiter
 
 from .runtime import CHUNK_ROWS, FlowModel
 
-__all__ = ["DynamicBatcher", "InferenceEngine"]
+__all__ = ["DynamicBatcher", "InferenceEngine", "ModelStats"]
 
 Outputs = tuple[np.ndarray, ...]
 GraphCall = Callable[[FlowModel, np.ndarray], Outputs]
@@ -87,11 +90,16 @@ class DynamicBatcher:
         self._full = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._busy = 0  # graph calls in flight (merged batches and fast-path requests)
 
     async def submit(self, model: FlowModel, rows: np.ndarray) -> Outputs:
         """The graph's outputs for ``rows`` (computed alone or within a merged batch)."""
         if len(rows) >= self.max_batch_size:
             return await self._run_alone(model, rows)
+        if self._busy == 0 and not self._pending and self.max_delay_s == 0:
+            # Idle: nothing to merge with, so no future, no task, no extra loop turn. Requests
+            # arriving while this one computes queue up and leave together, as usual.
+            return await self._run_now(model, rows)
         loop = asyncio.get_running_loop()
         item = _Item(model, rows, loop.create_future(), loop.time())
         self._pending.append(item)
@@ -101,6 +109,19 @@ class DynamicBatcher:
         if self._dispatcher is None:
             self._dispatcher = asyncio.create_task(self._dispatch())
         return await item.future
+
+    async def _run_now(self, model: FlowModel, rows: np.ndarray) -> Outputs:
+        if self._on_batch is not None:
+            self._on_batch(len(rows), 1)
+        if self._inline is not None and self._inline(model, len(rows)):
+            return self._call(model, rows)  # no await: nothing else runs meanwhile
+        await self._slots.acquire()  # free (nothing is busy): returns without suspending
+        self._busy += 1
+        try:
+            return await anyio.to_thread.run_sync(self._call, model, rows, limiter=self._limiter)
+        finally:
+            self._busy -= 1
+            self._slots.release()
 
     async def _run_alone(self, model: FlowModel, rows: np.ndarray) -> Outputs:
         if self._on_batch is not None:
@@ -149,6 +170,7 @@ class DynamicBatcher:
         return self._inline is not None and self._inline(batch[0].model, rows)
 
     async def _run(self, batch: list[_Item]) -> None:
+        self._busy += 1
         try:
             rows = batch[0].rows if len(batch) == 1 else np.concatenate([b.rows for b in batch])
             if self._on_batch is not None:
@@ -165,6 +187,7 @@ class DynamicBatcher:
                     item.future.set_exception(e)
             return
         finally:
+            self._busy -= 1
             self._slots.release()
         start = 0
         for item in batch:
@@ -174,10 +197,45 @@ class DynamicBatcher:
             start = stop
 
 
-def _call_cost_s(model: FlowModel, rows: int) -> float:
+@dataclass
+class ModelStats:
+    """Counters of one loaded model version in this process, in the terms of the Open Inference
+    Protocol's statistics extension: requests (success/fail, with their total time), rows
+    (``inference_count``) and graph calls (``execution_count``, with their compute time)."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    compute_ns: int = 0
+    last_inference_ms: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def request(self, rows: int, ok: bool, ns: int) -> None:
+        with self._lock:
+            if ok:
+                self.success_count += 1
+                self.success_ns += ns
+                self.inference_count += rows
+            else:
+                self.fail_count += 1
+                self.fail_ns += ns
+            self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def execution(self, ns: int) -> None:
+        with self._lock:  # graph calls finish on worker threads
+            self.execution_count += 1
+            self.compute_ns += ns
+
+
+def _call_cost_s(model: FlowModel, rows: int, role: str) -> float:
     # Stand-ins for models (tests) may not measure themselves: never inline those.
     cost = getattr(model, "call_cost_s", None)
-    return cost(rows) if cost is not None else math.inf
+    if cost is None:
+        return math.inf
+    return cost(rows, "inverse") if role == "inverse" else cost(rows)
 
 
 class InferenceEngine:
@@ -207,6 +265,25 @@ class InferenceEngine:
         self._batchers: weakref.WeakKeyDictionary[FlowModel, dict[str, DynamicBatcher]] = (
             weakref.WeakKeyDictionary()
         )
+        self._stats: weakref.WeakKeyDictionary[FlowModel, ModelStats] = weakref.WeakKeyDictionary()
+        roles = {"forward": _forward, "log_prob": _log_prob, "inverse": _inverse}
+        self._calls = {role: self._timed(call) for role, call in roles.items()}
+
+    def stats(self, model: FlowModel) -> ModelStats:
+        """The counters of ``model`` (created empty on first use)."""
+        stats = self._stats.get(model)
+        if stats is None:
+            stats = self._stats.setdefault(model, ModelStats())
+        return stats
+
+    def _timed(self, call: GraphCall) -> GraphCall:
+        def timed(model: FlowModel, rows: np.ndarray) -> Outputs:
+            start = time.perf_counter_ns()
+            outputs = call(model, rows)
+            self.stats(model).execution(time.perf_counter_ns() - start)
+            return outputs
+
+        return timed
 
     @property
     def limiter(self) -> CapacityLimiter:
@@ -231,15 +308,25 @@ class InferenceEngine:
                 max_delay_s=self.max_delay_s,
                 max_inflight=self.threads,
                 on_batch=self.on_batch,
-                inline=self._inline_ok,
+                inline=functools.partial(self._inline_ok, role=role),
             )
         return batcher
 
-    def _inline_ok(self, model: FlowModel, rows: int) -> bool:
+    def _inline_ok(self, model: FlowModel, rows: int, role: str = "forward") -> bool:
         # For small models a thread hop (and the GIL hand-over) costs more than the inference.
-        return rows <= self.inline_max_rows and _call_cost_s(model, rows) <= self.inline_max_s
+        return rows <= self.inline_max_rows and _call_cost_s(model, rows, role) <= self.inline_max_s
 
-    async def _graph(
+    async def _graph(self, model: FlowModel, rows: np.ndarray, role: str) -> Outputs:
+        start = time.perf_counter_ns()
+        ok = False
+        try:
+            outputs = await self._route(model, rows, role, self._calls[role])
+            ok = True
+            return outputs
+        finally:
+            self.stats(model).request(len(rows), ok, time.perf_counter_ns() - start)
+
+    async def _route(
         self, model: FlowModel, rows: np.ndarray, role: str, call: GraphCall
     ) -> Outputs:
         n = len(rows)
@@ -247,7 +334,7 @@ class InferenceEngine:
             return await self._split(model, rows, call)
         if self.batching:  # merged batches run inline under the same rule as single requests
             return await self._batcher(model, role, call).submit(model, rows)
-        if self._inline_ok(model, n):
+        if self._inline_ok(model, n, role):
             return call(model, rows)
         return await anyio.to_thread.run_sync(call, model, rows, limiter=self.limiter)
 
@@ -272,16 +359,16 @@ class InferenceEngine:
 
     async def forward(self, model: FlowModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(z, log_prob)`` for validated float32 rows."""
-        z, lp = await self._graph(model, x, "forward", _forward)
+        z, lp = await self._graph(model, x, "forward")
         return z, lp
 
     async def log_prob(self, model: FlowModel, x: np.ndarray) -> np.ndarray:
         """``log_prob`` alone for validated float32 rows (/log_prob and /score)."""
-        return (await self._graph(model, x, "log_prob", _log_prob))[0]
+        return (await self._graph(model, x, "log_prob"))[0]
 
     async def inverse(self, model: FlowModel, z: np.ndarray) -> np.ndarray:
         """Raw rows for validated float32 latents."""
-        return (await self._graph(model, z, "inverse", _inverse))[0]
+        return (await self._graph(model, z, "inverse"))[0]
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Any other blocking call (sampling, reloads) in a worker thread."""

@@ -1,26 +1,31 @@
 """Open Inference Protocol (KServe V2 REST) on top of the service's model repository.
 
-So that KServe, Triton-style clients and MLServer tooling can call flowserve as they call any
-V2 server. Routes (``{v}`` optional everywhere a model is named)::
+So that KServe, Triton clients (tritonclient) and MLServer tooling can call flowserve as they call
+any V2 server. Routes (``[/versions/{v}]`` optional everywhere a model is named)::
 
     GET  /v2/health/live                          {"live": true}
     GET  /v2/health/ready                         {"ready": bool}   (503 when not ready)
-    GET  /v2                                      server metadata
+    GET  /v2                                      server metadata, with the extensions below
     GET  /v2/models/{name}[/versions/{v}]         model metadata (input/output tensors)
     GET  /v2/models/{name}[/versions/{v}]/ready   {"name", "ready"}
+    GET  /v2/models/{name}[/versions/{v}]/config  model configuration (Triton's JSON form)
+    GET  /v2/models[/{name}[/versions/{v}]]/stats inference statistics (this worker process)
+    POST /v2/repository/index                     every version: READY or UNAVAILABLE, and why
     POST /v2/models/{name}[/versions/{v}]/infer   inference
 
-Inference takes one input tensor ``x`` (``[N, dim]``, any numeric datatype, data flat or
-nested, row-major) and answers the outputs ``log_prob`` (FP32 ``[N]``), ``z`` (FP32
-``[N, dim]``), ``score`` (FP32 ``[N]``, = -log_prob), ``percentile`` (FP64 ``[N]``),
-``is_anomaly`` (BOOL ``[N]``) and ``p_value`` (FP64 ``[N]``, the conformal p-value), all of them
-unless the request's ``outputs`` names some.
-Request ``parameters`` may carry ``fpr`` (false-positive rate for ``is_anomaly``); the response
-``parameters`` carry the ``fpr`` and ``threshold`` used.
+Inference takes one input tensor ``x`` (``[N, dim]``, any numeric datatype, read as declared;
+JSON data flat or nested, row-major, or binary) and answers the outputs ``log_prob`` (FP32
+``[N]``), ``z`` (FP32 ``[N, dim]``), ``score`` (FP32 ``[N]``, = -log_prob), ``percentile``
+(FP64 ``[N]``), ``is_anomaly`` (BOOL ``[N]``) and ``p_value`` (FP64 ``[N]``, the conformal
+p-value), all of them unless the request's ``outputs`` names some. Request ``parameters`` may
+carry ``fpr`` (false-positive rate for ``is_anomaly``); the response ``parameters`` carry the
+``fpr`` and ``threshold`` used. The binary tensor extension
+(:mod:`~flowserve.service.v2_tensors`) works both ways.
 
-Errors use the V2 shape ``{"error": "<message>"}`` with the service's status codes. Inference
-runs through the service's :class:`~flowserve.service.batching.InferenceEngine` on models from
-its :class:`~flowserve.service.repository.ModelRepository`: nothing here re-implements scoring.
+Errors on every /v2 path, unknown ones included, use the V2 shape ``{"error": "<message>"}`` with
+the service's status codes. Inference runs through the service's
+:class:`~flowserve.service.batching.InferenceEngine` on models from its
+:class:`~flowserve.service.repository.ModelRepository`: nothing here re-implements scoring.
 """
 
 from __future__ import annotations
@@ -36,10 +41,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 import flowserve
 
-from . import codec
+from . import codec, v2_tensors
 from .errors import (
     ApiError,
     InvalidInput,
@@ -52,8 +58,10 @@ from .repository import ModelVersion
 from .routes_ops import readiness
 from .routes_predict import score_batch
 from .state import ServiceState, get_state, require_api_key
+from .v2_schemas import V2Error, V2InferenceResponse
+from .v2_tensors import V2Body
 
-__all__ = ["OUTPUTS", "V2Route", "kserve_v2_router"]
+__all__ = ["EXTENSIONS", "OUTPUTS", "V2Route", "kserve_v2_router"]
 
 INPUT_NAME = "x"
 # output name -> (datatype, True when the tensor is [N, dim] rather than [N])
@@ -65,11 +73,11 @@ OUTPUTS: dict[str, tuple[str, bool]] = {
     "is_anomaly": ("BOOL", False),
     "p_value": ("FP64", False),
 }
-_NUMERIC_TYPES = frozenset(
-    {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
-     "UINT64"}
-)  # fmt: skip
+# The protocol extensions implemented here, as Triton names them.
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
 _PLATFORM = {"onnxruntime": "onnxruntime_onnx", "torchscript": "pytorch_torchscript"}
+_BACKEND = {"onnxruntime": "onnxruntime", "torchscript": "pytorch"}
+_CATCH_ALL = "/v2/{path:path}"
 
 
 def _v2_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -127,7 +135,7 @@ async def ready(request: Request) -> Response:
 
 
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "flowserve", "version": flowserve.__version__, "extensions": []}
+    return {"name": "flowserve", "version": flowserve.__version__, "extensions": EXTENSIONS}
 
 
 def _metadata(mv: ModelVersion, versions: list[int]) -> dict[str, Any]:
@@ -169,68 +177,69 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _input_rows(payload: dict[str, Any], mv: ModelVersion, max_rows: int) -> np.ndarray:
+def _input_rows(body: V2Body, mv: ModelVersion, max_rows: int) -> np.ndarray:
     assert mv.manifest is not None
     manifest = mv.manifest
-    inputs = payload.get("inputs")
+    inputs = body.header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
         raise InvalidInput(
             f"'inputs' must be a list holding one tensor named {INPUT_NAME!r} "
             f"(shape [N, {manifest.dim}])"
         )
     tensor = _object(inputs[0], "inputs[0]")
-    name, shape, dtype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
-    if name != INPUT_NAME:
-        raise InvalidInput(f"unknown input tensor {name!r}: this model takes {INPUT_NAME!r}")
-    if dtype not in _NUMERIC_TYPES:
+    if tensor.get("name") != INPUT_NAME:
         raise InvalidInput(
-            f"input {INPUT_NAME!r} has datatype {dtype!r}; use a numeric one such as FP32"
+            f"unknown input tensor {tensor.get('name')!r}: this model takes {INPUT_NAME!r}"
         )
-    if not (
-        isinstance(shape, list)
-        and len(shape) >= 2
-        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
-    ):
-        raise InvalidInput(f"input {INPUT_NAME!r} needs a shape [N, {manifest.dim}], got {shape!r}")
-    if shape[0] == 0:
-        raise InvalidInput(f"input {INPUT_NAME!r} is empty: send at least one row")
-    if shape[0] > max_rows:
+    shape = tensor.get("shape")
+    if isinstance(shape, list) and shape and isinstance(shape[0], int) and shape[0] > max_rows:
         raise TooManyRows(
-            f"{shape[0]} rows is more than this server accepts in one JSON request "
+            f"{shape[0]} rows is more than this server accepts in one request "
             f"({max_rows}); split the request or use the binary .npy endpoints",
             rows=shape[0],
             max_rows=max_rows,
         )
-    if math.prod(shape[1:]) != manifest.dim:
+    scan = b"true" in body.raw_json or b"false" in body.raw_json
+    values, shape, _ = v2_tensors.decode_input(tensor, body.binary, 0, scan)
+    if len(shape) < 2 or math.prod(shape[1:]) != manifest.dim:
         raise InvalidInput(
             f"input {INPUT_NAME!r}: expected shape [N, {manifest.dim}] "
             f"(features {manifest.feature_names}), got {shape}"
         )
-    try:
-        data = np.asarray(tensor.get("data"), dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"input {INPUT_NAME!r}: data must be numbers") from None
-    if data.size != math.prod(shape):
-        raise InvalidInput(
-            f"input {INPUT_NAME!r}: shape {shape} needs {math.prod(shape)} values, "
-            f"data holds {data.size}"
-        )
-    rows = np.ascontiguousarray(data.reshape(shape[0], manifest.dim), dtype=np.float32)
+    if shape[0] == 0:
+        raise InvalidInput(f"input {INPUT_NAME!r} is empty: send at least one row")
+    with np.errstate(over="ignore"):  # overflow becomes Inf, reported by check_finite
+        rows = np.ascontiguousarray(values.reshape(shape[0], manifest.dim), dtype=np.float32)
     codec.check_finite(rows, f"input {INPUT_NAME!r}")
     return rows
 
 
-def _requested_outputs(payload: dict[str, Any]) -> list[str]:
+def _flag(params: Any, key: str, what: str) -> bool | None:
+    if params is None:
+        return None
+    value = _object(params, f"{what} 'parameters'").get(key)
+    if value is not None and not isinstance(value, bool):
+        raise InvalidInput(f"{what} parameter {key!r} must be true or false, got {value!r}")
+    return value
+
+
+def _requested_outputs(payload: dict[str, Any]) -> list[tuple[str, bool]]:
+    """``(name, binary)`` of each output to return, in the order asked."""
+    binary_all = bool(_flag(payload.get("parameters"), "binary_data_output", "the request's"))
     outputs = payload.get("outputs")
     if outputs is None:
-        return list(OUTPUTS)
+        return [(name, binary_all) for name in OUTPUTS]
     if not isinstance(outputs, list) or not outputs:
         raise InvalidInput("'outputs' must be a non-empty list of {'name': ...} objects")
-    names = [_object(o, "each output").get("name") for o in outputs]
-    unknown = [n for n in names if n not in OUTPUTS]
-    if unknown:
-        raise InvalidInput(f"unknown output(s) {unknown}; this model has {list(OUTPUTS)}")
-    return list(dict.fromkeys(names))  # type: ignore[arg-type]
+    wanted: dict[str, bool] = {}
+    for o in outputs:
+        out = _object(o, "each output")
+        name = out.get("name")
+        if name not in OUTPUTS:
+            raise InvalidInput(f"unknown output {name!r}; this model has {list(OUTPUTS)}")
+        binary = _flag(out.get("parameters"), "binary_data", f"output {name!r}")
+        wanted[name] = binary_all if binary is None else binary
+    return list(wanted.items())
 
 
 def _fpr(payload: dict[str, Any]) -> float | None:
@@ -249,8 +258,11 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     start = time.perf_counter()
     status = "200"
     try:
-        payload = _object(codec.loads(await request.body()), "the request body")
-        x = _input_rows(payload, mv, state.settings.max_rows)
+        body = v2_tensors.split_body(
+            await request.body(), request.headers.get(v2_tensors.HEADER_LENGTH)
+        )
+        payload = _object(body.header, "the request body")
+        x = _input_rows(body, mv, state.settings.max_rows)
         wanted = _requested_outputs(payload)
         fpr = _fpr(payload)
         assert mv.model is not None
@@ -271,38 +283,198 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     finally:
         state.metrics.requests.labels("v2_infer", mv.name, str(mv.version), status).inc()
         state.metrics.latency.labels("v2_infer", mv.name).observe(time.perf_counter() - start)
-    body: dict[str, Any] = {
+    head: dict[str, Any] = {
         "model_name": mv.name,
         "model_version": str(mv.version),
         "parameters": {"fpr": scored.fpr, "threshold": scored.threshold},
-        "outputs": [
-            {
-                "name": out,
-                "datatype": OUTPUTS[out][0],
-                "shape": list(values[out].shape),
-                "data": values[out].reshape(-1),
-            }
-            for out in wanted
-        ],
     }
     if "id" in payload:
-        body["id"] = payload["id"]
-    return codec.json_response(body)
+        head["id"] = payload["id"]
+    return v2_tensors.encode_response(
+        head, [(out, OUTPUTS[out][0], values[out], binary) for out, binary in wanted]
+    )
+
+
+# -- model configuration, statistics, repository index ----------------------------------------
+
+
+def _config(mv: ModelVersion, state: ServiceState) -> dict[str, Any]:
+    assert mv.manifest is not None and mv.model is not None
+    dim = mv.manifest.dim
+    engine = state.engine
+    config: dict[str, Any] = {
+        "name": mv.name,
+        "platform": _PLATFORM.get(mv.model.runtime, mv.model.runtime),
+        "backend": _BACKEND.get(mv.model.runtime, mv.model.runtime),
+        # 0: the batch dimension is part of each tensor's dims (-1), as the inputs declare it.
+        "max_batch_size": 0,
+        "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": [-1, dim]}],
+        "output": [
+            {"name": name, "data_type": f"TYPE_{dtype}", "dims": [-1, dim] if wide else [-1]}
+            for name, (dtype, wide) in OUTPUTS.items()
+        ],
+        "parameters": {
+            "family": {"string_value": mv.manifest.family},
+            "max_rows_per_request": {"string_value": str(state.settings.max_rows)},
+        },
+    }
+    if engine.batching:
+        config["dynamic_batching"] = {
+            "max_queue_delay_microseconds": round(engine.max_delay_s * 1e6),
+            "max_batch_size": engine.max_batch_size,
+        }
+    return config
+
+
+async def model_config(request: Request, name: str, version: str | None = None) -> Response:
+    mv = _resolve(request, name, version)
+    return codec.json_response(_config(mv, get_state(request)))
+
+
+def _stats(mv: ModelVersion, state: ServiceState) -> dict[str, Any]:
+    assert mv.model is not None
+    s = state.engine.stats(mv.model)
+
+    def pair(count: int, ns: int) -> dict[str, int]:
+        return {"count": count, "ns": ns}
+
+    return {
+        "name": mv.name,
+        "version": str(mv.version),
+        "last_inference": s.last_inference_ms,
+        "inference_count": s.inference_count,
+        "execution_count": s.execution_count,
+        "inference_stats": {
+            "success": pair(s.success_count, s.success_ns),
+            "fail": pair(s.fail_count, s.fail_ns),
+            # Time waiting for a batch and computing, per request: success minus compute.
+            "queue": pair(s.success_count, max(s.success_ns - s.compute_ns, 0)),
+            "compute_input": pair(s.execution_count, 0),
+            "compute_infer": pair(s.execution_count, s.compute_ns),
+            "compute_output": pair(s.execution_count, 0),
+        },
+        "batch_stats": [],
+    }
+
+
+async def model_stats(request: Request, name: str | None = None, version: str | None = None):
+    """Per model version, since it was loaded, in this worker process."""
+    require_api_key(request)
+    state = get_state(request)
+    snap = state.repository.snapshot
+    if name is None:
+        chosen = snap.ready_versions()
+    elif version is None:
+        snap.resolve(name)  # 404 for unknown names, 503 when none is ready
+        chosen = [mv for mv in snap.models[name].values() if mv.ready]
+    else:
+        chosen = [snap.resolve(name, version)]
+    return codec.json_response({"model_stats": [_stats(mv, state) for mv in chosen]})
+
+
+async def repository_index(request: Request) -> Response:
+    """Every version in the repository, ready or not (``{"ready": true}`` filters)."""
+    require_api_key(request)
+    raw = await request.body()
+    only_ready = False
+    if raw.strip():
+        only_ready = bool(_flag(_object(codec.loads(raw), "the request body"), "ready", "index"))
+    snap = get_state(request).repository.snapshot
+    entries = []
+    for name in snap.names():
+        for version, mv in sorted(snap.models[name].items()):
+            if only_ready and not mv.ready:
+                continue
+            entries.append(
+                {
+                    "name": name,
+                    "version": str(version),
+                    "state": "READY" if mv.ready else "UNAVAILABLE",
+                    "reason": mv.error or "",
+                }
+            )
+    return codec.json_response(entries)  # type: ignore[arg-type]
+
+
+def _unknown_path(routes: list[Any]) -> Callable[..., Coroutine[Any, Any, Response]]:
+    async def unknown_path(request: Request, path: str) -> Response:
+        """Any other /v2 path: a V2-shaped 404, or 405 where the path exists."""
+        for route in routes:
+            if route.path != _CATCH_ALL and route.matches(request.scope)[0] != Match.NONE:
+                method, where = request.method, request.url.path
+                return _v2_error(405, f"method {method} is not allowed on {where}")
+        return _v2_error(404, f"no such V2 endpoint: {request.method} {request.url.path}")
+
+    return unknown_path
 
 
 def kserve_v2_router() -> APIRouter:
     """The V2 routes, for ``app.include_router(kserve_v2_router())``."""
     router = APIRouter(prefix="/v2", tags=["kserve-v2"], route_class=V2Route)
+    errors = {code: {"model": V2Error} for code in (401, 404, 413, 422, 503)}
     router.add_api_route("/health/live", live, methods=["GET"], summary="V2 liveness")
     router.add_api_route("/health/ready", ready, methods=["GET"], summary="V2 readiness")
-    router.add_api_route("", server_metadata, methods=["GET"], summary="V2 server metadata")
+    router.add_api_route(
+        "", server_metadata, methods=["GET"], summary="V2 server metadata", response_model=None
+    )
+    router.add_api_route(
+        "/repository/index",
+        repository_index,
+        methods=["POST"],
+        summary="V2 repository index (every version, READY or UNAVAILABLE)",
+        responses=errors,
+        openapi_extra=_body_docs("V2RepositoryIndexRequest", required=False),
+    )
+    router.add_api_route(
+        "/models/stats", model_stats, methods=["GET"], summary="V2 statistics of every model"
+    )
     for suffix in ("", "/versions/{version}"):
         base = "/models/{name}" + suffix
-        router.add_api_route(base, model_metadata, methods=["GET"], summary="V2 model metadata")
+        router.add_api_route(
+            base, model_metadata, methods=["GET"], summary="V2 model metadata", responses=errors
+        )
         router.add_api_route(
             base + "/ready", model_ready, methods=["GET"], summary="V2 model readiness"
         )
         router.add_api_route(
-            base + "/infer", infer, methods=["POST"], summary="V2 inference (Open Inference)"
+            base + "/config",
+            model_config,
+            methods=["GET"],
+            summary="V2 model configuration",
+            responses=errors,
         )
+        router.add_api_route(
+            base + "/stats",
+            model_stats,
+            methods=["GET"],
+            summary="V2 model statistics",
+            responses=errors,
+        )
+        router.add_api_route(
+            base + "/infer",
+            infer,
+            methods=["POST"],
+            summary="V2 inference (Open Inference Protocol, binary tensor extension)",
+            responses={200: {"model": V2InferenceResponse}, **errors},
+            openapi_extra=_body_docs("V2InferenceRequest", binary=True),
+        )
+    router.add_api_route(
+        _CATCH_ALL.removeprefix("/v2"),
+        _unknown_path(router.routes),
+        methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+        include_in_schema=False,
+    )
     return router
+
+
+def _body_docs(schema: str, *, binary: bool = False, required: bool = True) -> dict[str, Any]:
+    content: dict[str, Any] = {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}
+    }
+    if binary:
+        content[v2_tensors.BINARY_TYPE] = {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "binary tensor extension: the JSON request (its length in header "
+            f"{v2_tensors.HEADER_LENGTH}), then the raw little-endian input bytes",
+        }
+    return {"requestBody": {"required": required, "content": content}}

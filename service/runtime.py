@@ -87,8 +87,8 @@ class FlowModel:
         self.directory = Path(directory)
         self.manifest = manifest
         self.dim = manifest.dim
-        # (seconds per call, seconds per row) of small forward calls, measured by warm_up.
-        self._call_cost: tuple[float, float] | None = None
+        # direction -> (seconds per call, seconds per row) of small calls, measured by warm_up.
+        self._call_cost: dict[str, tuple[float, float]] = {}
 
     # -- the two directions, on validated float32 [N, dim] ------------------------------------
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
@@ -140,8 +140,10 @@ class FlowModel:
             [self._inverse(z[i : i + CHUNK_ROWS]) for i in range(0, len(z), CHUNK_ROWS)]
         )
 
-    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> np.ndarray:
-        """``n`` rows: base noise (scaled by ``temperature``) through the inverse graph."""
+    def sample_latent(
+        self, n: int, temperature: float = 1.0, seed: int | None = None
+    ) -> np.ndarray:
+        """``n`` latent rows: base noise scaled by ``temperature`` (same seed, same rows)."""
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         if not temperature > 0:
@@ -174,21 +176,24 @@ class FlowModel:
         (default: the calibration's ``default_fpr``)."""
         return self.score_log_prob(self.log_prob(x), fpr)
 
-    def call_cost_s(self, rows: int) -> float:
-        """Estimated seconds of a forward call on ``rows`` rows (small calls; inf before
+    def call_cost_s(self, rows: int, direction: Literal["forward", "inverse"] = "forward") -> float:
+        """Estimated seconds of a ``direction`` call on ``rows`` rows (small calls; inf before
         :meth:`warm_up` has measured it)."""
-        if self._call_cost is None:
+        cost = self._call_cost.get(direction)
+        if cost is None:
             return math.inf
-        fixed, per_row = self._call_cost
+        fixed, per_row = cost
         return fixed + per_row * rows
 
-    def _best_time(self, rows: np.ndarray, repeats: int = 5, budget_s: float = 0.05) -> float:
+    def _best_time(
+        self, call: Any, rows: np.ndarray, repeats: int = 5, budget_s: float = 0.05
+    ) -> float:
         # The fastest of a few calls: the model's own cost, not a scheduling hiccup. Large
         # models stop early; their calls are far above any inline budget anyway.
         best, spent = math.inf, 0.0
         for _ in range(repeats):
             start = time.perf_counter()
-            self.forward(rows)
+            call(rows)
             took = time.perf_counter() - start
             best, spent = min(best, took), spent + took
             if spent > budget_s:
@@ -197,7 +202,7 @@ class FlowModel:
 
     def warm_up(self) -> None:
         """Run both graphs once so the first request pays no lazy initialisation, then time
-        small forward calls (the server runs tiny requests inline only when they are cheap)."""
+        small calls each way (the server runs tiny requests inline only when they are cheap)."""
         rows = np.zeros((2, self.dim), dtype=np.float32)
         z, lp = self.forward(rows)
         self.decode(z)
@@ -206,10 +211,12 @@ class FlowModel:
                 f"{self.directory}: forward graph returned z {list(z.shape)} and log_prob "
                 f"{list(lp.shape)}, expected [2, {self.dim}] and [2]"
             )
-        one = self._best_time(rows[:1])
-        probe = self._best_time(np.zeros((_PROBE_ROWS, self.dim), dtype=np.float32))
-        per_row = max(probe - one, 0.0) / (_PROBE_ROWS - 1)
-        self._call_cost = (one - per_row, per_row)
+        probe_rows = np.zeros((_PROBE_ROWS, self.dim), dtype=np.float32)
+        for direction, call in (("forward", self.forward), ("inverse", self.decode)):
+            one = self._best_time(call, rows[:1])
+            probe = self._best_time(call, probe_rows)
+            per_row = max(probe - one, 0.0) / (_PROBE_ROWS - 1)
+            self._call_cost[direction] = (one - per_row, per_row)
 
 
 def onnx_session(path: Path, intra_op_threads: int = 1, inter_op_threads: int = 1) -> Any:

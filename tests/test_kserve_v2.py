@@ -152,7 +152,7 @@ def test_infer_output_selection_nested_data_and_int_types(
                 "outputs": [{"name": "bits"}],
             },
             422,
-            "unknown output(s) ['bits']",
+            "unknown output 'bits'",
         ),
         (
             {
