@@ -13,6 +13,17 @@ Policy for bad values (stated once here, recorded in the artifact's manifest):
 Rows are shuffled into train/validation/test splits with a seed; the standardization (mean and
 standard deviation per feature) is fitted on the training split only and becomes part of the
 model (``flowserve.models.base.Standardize``), so the model scores raw rows.
+
+Preparation follows the kind of data (:data:`flowserve.artifact.DataKind`, recorded in the
+manifest; the family decides it, see :func:`flowserve.models.preprocess.data_kind_of`):
+
+- ``real``: as above (standardized; constant columns refused).
+- ``angle``: radians, wrapped to ``[-pi, pi)``, never standardized.
+- ``unit_vector``: rows of 3 values with norm 1 within
+  :data:`~flowserve.artifact.UNIT_NORM_TOLERANCE` (others fail the load, counted), normalized
+  exactly, never standardized.
+- ``image``: non-negative integers (pixels; constant pixels such as borders are fine), never
+  standardized; ``num_values`` is the largest value + 1 unless given.
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from flowserve.artifact import UNIT_NORM_TOLERANCE, DataKind
+
 __all__ = [
     "ARRAY_KEYS",
     "FORMATS",
@@ -33,6 +46,7 @@ __all__ = [
     "NanPolicy",
     "PreparedData",
     "Table",
+    "check_data_kind",
     "clean_table",
     "fit_standardize",
     "load_table",
@@ -190,8 +204,10 @@ def clean_table(
     nan_policy: NanPolicy = "drop",
     min_rows: int = MIN_ROWS,
     source: str = "data",
+    allow_constant: bool = False,
 ) -> tuple[Table, int]:
-    """Apply the NaN/Inf policy and check row count and constant columns.
+    """Apply the NaN/Inf policy and check row count and constant columns (unless
+    ``allow_constant``: image pixels may be constant).
 
     Returns the clean table and how many rows were dropped.
     """
@@ -218,7 +234,7 @@ def clean_table(
     constant = [
         name
         for name, lo, hi in zip(table.feature_names, values.min(0), values.max(0), strict=True)
-        if lo == hi
+        if lo == hi and not allow_constant
     ]
     if constant:
         raise DataError(
@@ -228,17 +244,30 @@ def clean_table(
     return Table(values, table.feature_names), dropped
 
 
+def validation_rows(n: int) -> int:
+    """Validation rows for a table of ``n`` rows when no fraction is given: 10%, raised towards
+    20% (at most 200 rows) on small tables, where a 10% split makes early stopping and model
+    selection noisy."""
+    return max(2, round(0.1 * n), min(round(0.2 * n), 200))
+
+
 def split_indices(
-    n: int, val_fraction: float, test_fraction: float, seed: int
+    n: int, val_fraction: float | None, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Shuffled train/validation/test row indices; validation and test get >= 2 rows each."""
-    if not (0.0 < val_fraction < 1.0 and 0.0 < test_fraction < 1.0):
-        raise DataError("validation and test fractions must be in (0, 1)")
-    if val_fraction + test_fraction >= 0.9:
-        raise DataError("validation + test fractions must leave at least 10% for training")
+    """Shuffled train/validation/test row indices.
+
+    Validation gets >= 2 rows (``val_fraction=None``: :func:`validation_rows`); the test split
+    gets >= 2 rows unless ``test_fraction`` is 0 (a caller that scores its own held-out data).
+    """
+    if val_fraction is not None and not 0.0 < val_fraction < 1.0:
+        raise DataError("the validation fraction must be in (0, 1)")
+    if not 0.0 <= test_fraction < 1.0:
+        raise DataError("the test fraction must be in [0, 1)")
+    n_val = validation_rows(n) if val_fraction is None else max(2, round(n * val_fraction))
+    n_test = max(2, round(n * test_fraction)) if test_fraction > 0 else 0
+    if n - n_val - n_test < 0.1 * n:
+        raise DataError("validation + test splits must leave at least 10% for training")
     order = np.random.default_rng(seed).permutation(n)
-    n_val = max(2, round(n * val_fraction))
-    n_test = max(2, round(n * test_fraction))
     return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
 
 
@@ -251,19 +280,58 @@ def fit_standardize(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), scale.astype(np.float32)
 
 
+def _show(rows: np.ndarray) -> str:
+    shown = ", ".join(str(int(i)) for i in rows[:5])
+    return shown + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+
+
+def check_data_kind(
+    values: np.ndarray, kind: DataKind, source: str = "data"
+) -> tuple[np.ndarray, int | None]:
+    """Rows of ``kind`` checked and put in canonical form (float64), and ``num_values`` for
+    images (else ``None``); raises :class:`DataError` naming the rows that do not fit."""
+    if kind == "real":
+        return values, None
+    if kind == "angle":
+        return values - 2 * np.pi * np.floor((values + np.pi) / (2 * np.pi)), None
+    if kind == "unit_vector":
+        if values.shape[1] != 3:
+            raise DataError(f"{source}: unit vectors need 3 columns, got {values.shape[1]}")
+        norm = np.linalg.norm(values, axis=1)
+        off = np.flatnonzero(np.abs(norm - 1.0) > UNIT_NORM_TOLERANCE)
+        if off.size:
+            raise DataError(
+                f"{source}: {off.size} of {len(values)} rows are not unit vectors "
+                f"(|norm - 1| > {UNIT_NORM_TOLERANCE:g}; rows {_show(off)}); normalize them first"
+            )
+        return values / norm[:, None], None
+    if kind == "image":
+        off = np.flatnonzero(((values != np.rint(values)) | (values < 0)).any(axis=1))
+        if off.size:
+            raise DataError(
+                f"{source}: {off.size} of {len(values)} rows hold pixels that are not "
+                f"non-negative integers (rows {_show(off)}); image families model integer levels"
+            )
+        return values, int(values.max()) + 1
+    raise DataError(f"unknown data kind {kind!r}; use real, angle, unit_vector or image")
+
+
 @dataclass(frozen=True)
 class PreparedData:
-    """Clean, split, float32 data plus the standardization fitted on its training split."""
+    """Clean, split, float32 data plus the standardization fitted on its training split
+    (``mean``/``scale`` are ``None`` for data kinds that are never standardized)."""
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
     feature_names: list[str]
-    mean: np.ndarray
-    scale: np.ndarray
+    mean: np.ndarray | None
+    scale: np.ndarray | None
     dropped_rows: int
     nan_policy: NanPolicy
     source: str
+    data_kind: DataKind = "real"
+    num_values: int | None = None  # images: integer levels are 0 .. num_values - 1
 
     @property
     def dim(self) -> int:
@@ -277,14 +345,19 @@ def prepare_data(
     id_column: str | None = None,
     nan_policy: NanPolicy = "drop",
     max_rows: int | None = None,
-    val_fraction: float = 0.1,
+    val_fraction: float | None = None,
     test_fraction: float = 0.1,
     seed: int = 0,
     source: str | None = None,
+    data_kind: DataKind = "real",
+    validation: np.ndarray | pd.DataFrame | None = None,
 ) -> PreparedData:
     """Load (from a path or an in-memory array/frame), clean, subsample, split, standardize.
 
-    ``source`` names in-memory data in messages and in the saved config (default ``"data"``).
+    ``source`` names in-memory data in messages and in the saved config (default ``"data"``);
+    ``data_kind`` decides the checks and the preparation (see the module docstring).
+    ``validation`` (rows with the same features) is the validation split as given: then ``data``
+    is split into train and test only.
     """
     if isinstance(data, (str, Path)):
         source = str(data)
@@ -292,19 +365,37 @@ def prepare_data(
     else:
         source = source or "data"
         table = table_from_array(data, columns, id_column, source)
-    table, dropped = clean_table(table, nan_policy, source=source)
-    values = table.values
+    table, dropped = clean_table(
+        table, nan_policy, source=source, allow_constant=data_kind == "image"
+    )
+    values, num_values = check_data_kind(table.values, data_kind, source)
     if max_rows is not None and values.shape[0] > max_rows:
         if max_rows < MIN_ROWS:
             raise DataError(f"--max-rows {max_rows} is below the minimum of {MIN_ROWS} rows")
         keep = np.sort(np.random.default_rng(seed + 1).choice(values.shape[0], max_rows, False))
         values = values[keep]
-    tr, va, te = split_indices(values.shape[0], val_fraction, test_fraction, seed)
     x = values.astype(np.float32)
-    mean, scale = fit_standardize(values[tr])
+    if validation is None:
+        tr, va, te = split_indices(values.shape[0], val_fraction, test_fraction, seed)
+        val = x[va]
+    else:
+        given = table_from_array(validation, columns, id_column, "validation_data")
+        if given.values.shape[1] != x.shape[1]:
+            raise DataError(
+                f"validation_data has {given.values.shape[1]} features; the data has {x.shape[1]}"
+            )
+        given, _ = clean_table(
+            given, nan_policy, min_rows=2, source="validation_data", allow_constant=True
+        )
+        val = given.values.astype(np.float32)
+        n = values.shape[0]
+        order = np.random.default_rng(seed).permutation(n)
+        n_test = max(2, round(n * test_fraction)) if test_fraction > 0 else 0
+        tr, te = order[n_test:], order[:n_test]
+    mean, scale = fit_standardize(values[tr]) if data_kind == "real" else (None, None)
     return PreparedData(
         train=x[tr],
-        val=x[va],
+        val=val,
         test=x[te],
         feature_names=table.feature_names,
         mean=mean,
@@ -312,4 +403,6 @@ def prepare_data(
         dropped_rows=dropped,
         nan_policy=nan_policy,
         source=source,
+        data_kind=data_kind,
+        num_values=num_values,
     )

@@ -245,6 +245,8 @@ def _base_spec(flow: Flow) -> BaseSpec:
     kind = getattr(flow.base, "kind", "normal")
     if kind == "uniform":
         return BaseSpec(kind="uniform", low=float(flow.base.low), high=float(flow.base.high))
+    if kind == "sphere":
+        return BaseSpec(kind="sphere")
     if kind != "normal":
         raise ExportError(f"base distribution kind {kind!r} has no BaseSpec")
     return BaseSpec(kind="normal")

@@ -13,8 +13,10 @@ area-preserving (Archimedes), so a flow on the cylinder ``[-pi, pi) x [-1, 1]`` 
 for ``phi`` given ``h`` and an interval spline for ``h`` given ``phi``, alternating) carries over
 with the same log-determinant. The latent is again a unit vector, uniform on ``S^2`` (density
 ``1 / (4 pi)``). ``log_prob`` is the density with respect to the surface-area measure of ``S^2``
-(total mass ``4 pi``). Inputs are projected onto the sphere (``x / |x|``); ``decode`` projects its
-input too, so standard normal noise in ``R^3`` pushed through ``decode`` samples the flow exactly.
+(total mass ``4 pi``). The chart projects its input onto the sphere (``x / |x|``); trained through
+the pipeline, rows off the sphere are scored as impossible first
+(:class:`flowserve.models.preprocess.OnUnitSphere`). ``decode`` projects its input too, so
+standard normal noise in ``R^3`` pushed through ``decode`` samples the flow exactly.
 
 Both inverses are closed form (branch-free spline inversion).
 """
@@ -214,11 +216,12 @@ class CylinderSplineCoupling(Transform):
 class UniformSphere(nn.Module):
     """Uniform distribution on the unit sphere ``S^2``: density ``1 / (4 pi)`` w.r.t. area.
 
-    ``kind = "normal"`` on purpose: the service samples standard normal noise in ``R^3`` and the
-    sphere flow's ``decode`` projects it onto ``S^2``, which is exactly uniform there.
+    ``kind = "sphere"``: the artifact records it (``BaseSpec(kind="sphere")``), so the service
+    samples unit vectors and ``/encode``'s ``log_det`` subtracts ``-log(4 pi)``. A temperature
+    has no meaning on the sphere: :meth:`sample` refuses anything but 1.
     """
 
-    kind = "normal"
+    kind = "sphere"
 
     def __init__(self) -> None:
         super().__init__()
@@ -231,6 +234,8 @@ class UniformSphere(nn.Module):
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
+        if temperature != 1.0:
+            raise ValueError(f"temperature {temperature} has no meaning on the sphere; use 1")
         eps = torch.randn((n, 3), generator=generator, dtype=self._dummy.dtype)
         return (eps / eps.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(self._dummy.device)
 

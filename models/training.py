@@ -41,8 +41,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from flowserve.artifact import Manifest, Metrics, Preprocessing, next_version
-from flowserve.models.base import FAMILIES, Flow, Standardize, build_flow, families
+from flowserve.artifact import Manifest, Metrics, next_version
+from flowserve.models.base import FAMILIES, Flow, build_flow, families
 from flowserve.models.config import (
     ConfigError,
     TrainConfig,
@@ -52,6 +52,14 @@ from flowserve.models.config import (
 )
 from flowserve.models.data import PreparedData, prepare_data
 from flowserve.models.export import export_artifact
+from flowserve.models.preprocess import (
+    data_kind_of,
+    dequantized_nll,
+    image_hparams,
+    manifest_preprocessing,
+    preprocess_for,
+    served_flow,
+)
 from flowserve.models.report import write_report
 
 __all__ = [
@@ -216,10 +224,22 @@ class TrainResult:
 
 
 def build_model(config: TrainConfig, prepared: PreparedData) -> Flow:
-    """Build ``config.family`` with its hyper-parameters and the fitted standardization."""
+    """Build ``config.family`` with its hyper-parameters and the preprocessing of its kind of
+    data (:mod:`flowserve.models.preprocess`: the fitted standardization for real columns)."""
     if config.family not in FAMILIES:
         raise ConfigError(f"unknown flow family {config.family!r}; known: {', '.join(families())}")
     hparams = flow_hparams(config, FAMILIES[config.family])
+    kind = data_kind_of(config.family)
+    if prepared.data_kind != kind:
+        raise ConfigError(
+            f"family {config.family!r} models {kind} data, but the data were prepared as "
+            f"{prepared.data_kind} (prepare_data(..., data_kind={kind!r}))"
+        )
+    if kind == "image":
+        try:
+            hparams = image_hparams(hparams, prepared.dim, prepared.num_values)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     if "shape" in hparams:
         # Image families take an event shape (``--param shape=[1,8,8]``); rows are flat pixels.
         shape = hparams["shape"]
@@ -233,8 +253,7 @@ def build_model(config: TrainConfig, prepared: PreparedData) -> Flow:
         raise ConfigError(f"family {config.family!r} does not accept these options: {e}") from e
     except ValueError as e:  # e.g. a coupling family on 1-D data
         raise ConfigError(f"cannot build {config.family!r} for {prepared.dim} features: {e}") from e
-    scale = Standardize(torch.from_numpy(prepared.mean), torch.from_numpy(prepared.scale))
-    return flow.set_preprocess(scale)
+    return flow.set_preprocess(preprocess_for(kind, prepared.mean, prepared.scale))
 
 
 def data_dependent_init(flow: Flow, train: np.ndarray) -> None:
@@ -349,8 +368,11 @@ def fit_flow(
 
 
 def _metrics(flow: Flow, prepared: PreparedData, fit: FitResult) -> dict[str, Any]:
+    # Integer data: the dequantized bound (a valid discrete NLL bound), not the density at points.
+    image = prepared.data_kind == "image"
+    evaluate = dequantized_nll if image else evaluate_nll
     nll = {
-        split: evaluate_nll(flow, rows)
+        split: evaluate(flow, rows)
         for split, rows in (
             ("train", prepared.train),
             ("val", prepared.val),
@@ -366,6 +388,7 @@ def _metrics(flow: Flow, prepared: PreparedData, fit: FitResult) -> dict[str, An
         "val_nll": nll["val"],
         "test_nll": nll["test"],
         "test_bits_per_dim": bits,
+        "bits_per_dim_kind": "dequantized_bound" if image else "continuous_density",
         "epochs": len(fit.history),
         "best_epoch": fit.best_epoch,
         "train_rows": len(prepared.train),
@@ -417,7 +440,7 @@ def export_trained(
             config=config_dict,
         )
         manifest = export_artifact(
-            flow,
+            served_flow(flow),
             staging,
             name=name,
             version=version,
@@ -428,13 +451,16 @@ def export_trained(
                 val_nll=metrics["val_nll"],
                 test_nll=metrics["test_nll"],
                 bits_per_dim=metrics["test_bits_per_dim"],
+                bits_per_dim_kind=metrics["bits_per_dim_kind"],
                 epochs=metrics["epochs"],
                 train_rows=metrics["train_rows"],
             ),
-            preprocessing=Preprocessing(
-                standardize_mean=prepared.mean.tolist(),
-                standardize_scale=prepared.scale.tolist(),
-                nan_policy=prepared.nan_policy,
+            preprocessing=manifest_preprocessing(
+                prepared.data_kind,
+                prepared.nan_policy,
+                prepared.mean,
+                prepared.scale,
+                prepared.num_values,
             ),
             training_config=config_dict,
             torchscript=torchscript,
@@ -503,6 +529,7 @@ def train(
         test_fraction=config.test_fraction,
         seed=config.seed,
         source=source,
+        data_kind=data_kind_of(config.family),
     )
     out = Path(out)
     if version is not None and (out / name / str(version)).exists():

@@ -1,0 +1,186 @@
+"""Preprocessing by the kind of data: which fixed transform runs before a family's flow.
+
+Each family models one kind of data (:data:`FAMILY_DATA_KINDS`; every other family models
+real-valued columns), and the kind decides the flow's ``preprocess``:
+
+- ``real``: :class:`~flowserve.models.base.Standardize` with the training split's statistics.
+- ``angle``: none. The circle/torus flows wrap angles themselves; standardizing would break
+  the period (the density would no longer integrate to one over the torus).
+- ``unit_vector``: :class:`OnUnitSphere`: rows off the unit sphere by more than the tolerance
+  get ``log_prob = -inf`` (zero density w.r.t. the sphere's area), instead of being projected
+  silently.
+- ``image``: :class:`Dequantize`: in training, ``v = x + u - 1/2`` with ``u ~ U[0, 1)^D``, so the
+  model is trained on (and evaluated as) a valid dequantized bound; the served graphs are
+  exported with it switched off and score integer rows at their cell centres.
+
+:func:`dequantized_nll` is the valid bound on the discrete negative log-likelihood (nats per row)
+that image metrics report as bits/dim.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flowserve.artifact import UNIT_NORM_TOLERANCE, DataKind, Preprocessing
+from flowserve.models.base import Flow, Standardize, Transform
+
+__all__ = [
+    "FAMILY_DATA_KINDS",
+    "Dequantize",
+    "OnUnitSphere",
+    "data_kind_of",
+    "dequantized_nll",
+    "image_hparams",
+    "image_shape",
+    "manifest_preprocessing",
+    "preprocess_for",
+    "served_flow",
+]
+
+FAMILY_DATA_KINDS: dict[str, DataKind] = {
+    "circle": "angle",
+    "sphere": "unit_vector",
+    "glow_image": "image",
+    "realnvp_image": "image",
+}
+
+
+def data_kind_of(family: str) -> DataKind:
+    """The kind of data ``family`` models (``real`` unless it is a manifold or image family)."""
+    return FAMILY_DATA_KINDS.get(family.lower(), "real")
+
+
+class OnUnitSphere(Transform):
+    """Identity on unit vectors; ``log|det| = -inf`` for rows whose norm is off 1 by more than
+    ``tolerance`` (branch-free, so the exported graph scores them as impossible too).
+
+    Arguments:
+        tolerance: The accepted ``|norm - 1|``.
+    """
+
+    def __init__(self, tolerance: float = UNIT_NORM_TOLERANCE) -> None:
+        super().__init__()
+        self.tolerance = float(tolerance)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        off = (x.norm(dim=1) - 1.0).abs() > self.tolerance
+        zero = x.new_zeros(x.shape[0])
+        return x, torch.where(off, torch.full_like(zero, -math.inf), zero)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return z, z.new_zeros(z.shape[0])
+
+
+class Dequantize(Transform):
+    """Centred uniform dequantization ``v = x + u - 1/2``, ``u ~ U[0, 1)^D`` (log-det 0, since
+    ``log q(u | x) = 0``), while ``enabled``; the identity otherwise (and always in ``inverse``).
+
+    ``log p(v)`` is then a one-sample lower bound on ``log P(x)``, the probability of the integer
+    row (Theis et al., 2016).
+
+    References:
+        | A note on the evaluation of generative models (Theis et al., 2016)
+        | https://arxiv.org/abs/1511.01844
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        super().__init__()
+        self.enabled = bool(enabled)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.enabled:
+            x = x + (torch.rand_like(x) - 0.5)
+        return x, x.new_zeros(x.shape[0])
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return z, z.new_zeros(z.shape[0])
+
+
+def preprocess_for(
+    kind: DataKind, mean: np.ndarray | None = None, scale: np.ndarray | None = None
+) -> Transform | None:
+    """The flow's ``preprocess`` for data of ``kind`` (``mean``/``scale`` for ``real``)."""
+    if kind == "real":
+        assert mean is not None and scale is not None, "real data needs its standardization"
+        return Standardize(torch.from_numpy(mean), torch.from_numpy(scale))
+    if kind == "unit_vector":
+        return OnUnitSphere()
+    if kind == "image":
+        return Dequantize()
+    return None
+
+
+def served_flow(flow: Flow) -> Flow:
+    """A copy of ``flow`` as it is exported and served: dequantization switched off."""
+    served = copy.deepcopy(flow)
+    if isinstance(served.preprocess, Dequantize):
+        served.preprocess.enabled = False
+    return served
+
+
+def manifest_preprocessing(
+    kind: DataKind,
+    nan_policy: Any,
+    mean: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+    num_values: int | None = None,
+) -> Preprocessing:
+    """The manifest's :class:`~flowserve.artifact.Preprocessing` for data of ``kind``."""
+    return Preprocessing(
+        standardize_mean=None if mean is None else mean.tolist(),
+        standardize_scale=None if scale is None else scale.tolist(),
+        dequantization="uniform" if kind == "image" else None,
+        nan_policy=nan_policy,
+        data_kind=kind,
+        manifold_tolerance=UNIT_NORM_TOLERANCE if kind == "unit_vector" else None,
+        num_values=num_values if kind == "image" else None,
+    )
+
+
+def image_shape(dim: int) -> list[int]:
+    """``[C, H, W]`` for flat rows of ``dim`` pixels: one square grey channel, else three
+    square colour channels; raises ``ValueError`` when neither fits (give the shape)."""
+    for channels in (1, 3):
+        side = math.isqrt(dim // channels) if dim % channels == 0 else 0
+        if side > 0 and channels * side * side == dim:
+            return [channels, side, side]
+    raise ValueError(
+        f"cannot infer an image shape from {dim} pixels per row (not C x S x S with C = 1 or "
+        "3); give it, e.g. --param shape=[1,28,28]"
+    )
+
+
+@torch.no_grad()
+def dequantized_nll(
+    flow: Flow, rows: np.ndarray, draws: int = 4, seed: int = 0, batch: int = 1024
+) -> float:
+    """``-E_u log p(x + u - 1/2)`` averaged over rows and ``draws`` seeded noise draws: an upper
+    bound (up to Monte Carlo error) on the discrete NLL ``-log P(x)``, nats per row."""
+    served = served_flow(flow).eval().cpu()
+    gen = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for start in range(0, len(rows), batch):
+        x = torch.from_numpy(np.ascontiguousarray(rows[start : start + batch], dtype=np.float32))
+        for _ in range(draws):
+            u = torch.rand(x.shape, generator=gen, dtype=x.dtype) - 0.5
+            total += float(-served.log_prob(x + u).double().sum())
+    return total / max(len(rows) * draws, 1)
+
+
+def image_hparams(hparams: dict[str, Any], dim: int, num_values: int | None) -> dict[str, Any]:
+    """An image family's options for flat rows of ``dim`` pixels: the shape (inferred unless
+    given), ``num_values`` (the data's unless given; never fewer) and ``flat=True``."""
+    out = dict(hparams)
+    out.setdefault("shape", image_shape(dim))
+    if num_values is not None:
+        given = int(out.setdefault("num_values", num_values))
+        if given < num_values:
+            raise ValueError(f"num_values={given}, but the data hold levels up to {num_values - 1}")
+    out["flat"] = True
+    return out
