@@ -149,6 +149,13 @@ class Preprocessing(_Strict):
     manifold_tolerance: float | None = None
     num_values: int | None = Field(None, ge=2)
 
+    def as_data(self, x: np.ndarray) -> np.ndarray:
+        """Decoded rows as data of this kind: images become integer pixels (rounded to the
+        cell centre, clipped to ``[0, num_values - 1]``); other kinds are returned as they are."""
+        if self.data_kind != "image":
+            return x
+        return np.clip(np.rint(x), 0, (self.num_values or 256) - 1).astype(x.dtype, copy=False)
+
     def invalid_rows(self, rows: np.ndarray) -> tuple[np.ndarray, str]:
         """Indices of (finite) raw rows outside this data kind's domain, and why they are."""
         rows = np.asarray(rows)
@@ -423,7 +430,60 @@ class Manifest(_Strict):
         for role in ("forward", "inverse"):
             if role not in self.graphs:
                 raise ValueError(f"graphs must name a '{role}' graph")
+        named = [*self.graphs.values(), *self.files, *([self.torchscript] * bool(self.torchscript))]
+        for rel in named:
+            problem = _path_problem(rel)
+            if problem:
+                raise ValueError(f"path {rel!r} {problem}")
         return self
+
+
+def _path_problem(rel: str) -> str | None:
+    """Why ``rel`` cannot name a file inside an artifact directory (None when it can): paths in
+    a manifest are relative, POSIX, and never climb out with ``..``."""
+    if not rel or "\x00" in rel or "\\" in rel:
+        return "is empty or holds a NUL or backslash"
+    if rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
+        return "is absolute; paths in a manifest are relative to its directory"
+    if ".." in rel.split("/"):
+        return "climbs out of the artifact directory with '..'"
+    return None
+
+
+def _inside(directory: Path, rel: str, what: str) -> Path:
+    """``directory / rel`` once it is known to stay inside ``directory`` with every symlink
+    followed; raises :class:`ArtifactError` otherwise."""
+    problem = _path_problem(rel)
+    if problem:
+        raise ArtifactError(f"{directory}: {what} {rel!r} {problem}")
+    path = directory / rel
+    root = directory.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise ArtifactError(
+            f"{directory}: {what} {rel!r} resolves outside the artifact directory (a symlink "
+            "out of it); every file of an artifact must live inside its directory"
+        )
+    return path
+
+
+def _check_external_data(directory: Path, graph: str, path: Path, files: dict[str, str]) -> None:
+    """Every ONNX external-data file a graph references must be inside the artifact and listed
+    (so checksummed) in the manifest; anything else is refused before ONNX Runtime opens it."""
+    from .onnx_refs import OnnxFormatError, external_data_locations
+
+    try:
+        locations = external_data_locations(path.read_bytes())
+    except (OSError, OnnxFormatError) as e:
+        raise ArtifactError(f"{directory}: graph {graph} is not a readable ONNX model: {e}") from e
+    base = str(Path(graph).parent)
+    for location in locations:
+        rel = location if base == "." else f"{base}/{location}"
+        _inside(directory, rel, f"external data of {graph}")
+        if rel not in files:
+            raise ArtifactError(
+                f"{directory}: graph {graph} keeps tensor data in {location!r}, which the "
+                "manifest lists no checksum for; external data must be listed in 'files'"
+            )
 
 
 def sha256_file(path: Path) -> str:
@@ -445,6 +505,7 @@ def load_manifest(directory: Path) -> Manifest:
     path = Path(directory) / MANIFEST_FILE
     if not path.is_file():
         raise ArtifactError(f"{directory}: no {MANIFEST_FILE}")
+    _inside(Path(directory), MANIFEST_FILE, "manifest")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -458,7 +519,12 @@ def load_manifest(directory: Path) -> Manifest:
 
 
 def verify_artifact(directory: Path) -> Manifest:
-    """Validate the manifest and the sha256 of every file it lists (and the graphs exist)."""
+    """Validate the manifest and the sha256 of every file it lists (and the graphs exist).
+
+    Containment: every path the manifest names, and every ONNX external-data file a graph
+    references, must resolve inside ``directory`` (symlinks followed), and external data must be
+    listed in ``files`` so its checksum is verified too.
+    """
     directory = Path(directory)
     manifest = load_manifest(directory)
     needed = set(manifest.graphs.values()) | ({manifest.torchscript} - {None})
@@ -468,7 +534,7 @@ def verify_artifact(directory: Path) -> Manifest:
             f"{directory}: manifest lists no checksum for {sorted(missing_from_list)}"
         )
     for rel, expected in manifest.files.items():
-        path = directory / rel
+        path = _inside(directory, rel, "file")
         if not path.is_file():
             raise ArtifactError(f"{directory}: file {rel} listed in the manifest is missing")
         actual = sha256_file(path)
@@ -477,6 +543,9 @@ def verify_artifact(directory: Path) -> Manifest:
                 f"{directory}: checksum mismatch for {rel} (manifest {expected[:12]}…, "
                 f"file {actual[:12]}…): the artifact is corrupted or was modified"
             )
+    for graph in sorted(set(manifest.graphs.values())):
+        if graph.endswith(".onnx"):
+            _check_external_data(directory, graph, directory / graph, manifest.files)
     return manifest
 
 

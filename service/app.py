@@ -6,11 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 import flowserve
 
@@ -19,13 +17,12 @@ from .errors import install_error_handlers
 from .kserve_v2 import kserve_v2_router
 from .limits import BodySizeLimit, InFlightLimit
 from .metrics import ServiceMetrics
+from .openapi import openapi_document
 from .repository import ModelRepository
 from .routes_ops import admin_router, health_router, models_router
 from .routes_predict import prediction_router
-from .schemas import DecodeRequest, ErrorBody, RowsRequest, SampleRequest, ScoreRequest
 from .settings import ServiceSettings
 from .state import ServiceState, _default, _named, _versioned
-from .v2_schemas import V2_BODY_SCHEMAS
 
 __all__ = ["create_app"]
 
@@ -36,25 +33,6 @@ DESCRIPTION = """Exact likelihoods from normalizing flows: `/log_prob`, anomaly 
 version) and `/models/{name}/versions/{version}`. JSON rows, or `.npy` bodies
 (`Content-Type: application/x-npy`, `Accept: application/x-npy`) for bulk scoring.
 Errors are `{"error": {"code", "message", ...}}`."""
-
-# Request bodies parsed by the routes themselves; their schemas are added to the document.
-_BODY_SCHEMAS = (
-    RowsRequest, ScoreRequest, DecodeRequest, SampleRequest, ErrorBody, *V2_BODY_SCHEMAS
-)  # fmt: skip
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in _BODY_SCHEMAS:
-            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(js.pop("$defs", {}))
-            components[model.__name__] = js
-        app.openapi_schema = schema
-    return app.openapi_schema
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -125,5 +103,5 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(models_router)
     app.include_router(admin_router)
     app.include_router(kserve_v2_router())
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_document(app, state)  # type: ignore[method-assign]
     return app

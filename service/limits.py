@@ -21,6 +21,7 @@ from .errors import ApiError, BodyTooLarge, Overloaded, TooManyRows, error_body
 
 __all__ = [
     "EXEMPT_PATHS",
+    "JSON_SLACK",
     "BodySizeLimit",
     "InFlightLimit",
     "check_json_values",
@@ -30,7 +31,7 @@ __all__ = [
 # Probes and scrapes must answer under load, or an overloaded pod would also be restarted.
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # Values a JSON body may hold beyond its rows (the enclosing object, fpr, ...).
-_JSON_SLACK = 64
+JSON_SLACK = 64
 
 
 def json_value_bound(body: bytes) -> int:
@@ -46,7 +47,7 @@ def json_value_bound(body: bytes) -> int:
 def check_json_values(body: bytes, max_rows: int, dim: int, max_values: int) -> None:
     """Refuse (413 ``too_many_rows``) a JSON body that may hold more values than ``max_rows``
     rows of ``dim`` values (or ``max_values`` in all), before parsing it."""
-    allowed = min(max_rows * (dim + 1) + _JSON_SLACK, max_values)
+    allowed = min(max_rows * (dim + 1) + JSON_SLACK, max_values)
     bound = json_value_bound(body)
     if bound > allowed:
         raise TooManyRows(
