@@ -8,9 +8,9 @@ the small option fields (``fpr``, ``n``, ``temperature``, ``seed``).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "CalibrationSummary",
@@ -89,6 +89,14 @@ class SampleRequest(_Request):
     seed: int | None = Field(
         None, ge=0, le=2**63 - 1, description="same seed, same rows (0 to 2**63 - 1)"
     )
+
+    @field_validator("n", "seed", mode="before")
+    @classmethod
+    def _integral(cls, value: Any) -> Any:
+        # JSON Schema's integer includes 5.0; strings and booleans stay refused.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
 
 class ModelAnswer(BaseModel):
