@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import inspect
 import math
 import os
@@ -66,6 +67,7 @@ __all__ = [
     "gaussian_mixture",
     "load_dataset",
     "main",
+    "mixture_parameters",
     "run_one",
     "standardizer",
     "train_peer",
@@ -152,16 +154,24 @@ def banana(curvature: float = 0.03, sd1: float = 10.0, angle: float = math.pi / 
     return Synthetic("banana", 2, sample, log_prob)
 
 
-def gaussian_mixture(dim: int, components: int = 8, spread: float = 4.0) -> Synthetic:
-    """A mixture of ``components`` full-covariance Gaussians in ``dim`` D: means uniform in
-    ``[-spread, spread]^dim``, random correlated covariances, Dirichlet weights. The mixture's
-    structure has its own seed, so every sample of a given ``dim`` comes from the same density."""
+def mixture_parameters(
+    dim: int, components: int = 8, spread: float = 4.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Means ``[K, dim]`` (uniform in ``[-spread, spread]^dim``), lower Cholesky factors of
+    random correlated covariances ``[K, dim, dim]`` and Dirichlet weights ``[K]``; seeded by
+    ``dim``, so every sample of a given ``dim`` comes from the same density."""
     g = np.random.default_rng(7919 + dim)
     means = g.uniform(-spread, spread, size=(components, dim))
     chol = np.tril(g.normal(scale=0.4 / math.sqrt(dim), size=(components, dim, dim)), -1)
     diag = np.arange(dim)
     chol[:, diag, diag] = g.uniform(0.3, 1.2, size=(components, dim))
-    weights = g.dirichlet(np.full(components, 5.0))
+    return means, chol, g.dirichlet(np.full(components, 5.0))
+
+
+def gaussian_mixture(dim: int, components: int = 8) -> Synthetic:
+    """A mixture of full-covariance Gaussians in ``dim`` D (:func:`mixture_parameters`)."""
+    means, chol, weights = mixture_parameters(dim, components)
+    diag = np.arange(dim)
 
     def sample(n: int, rng: np.random.Generator) -> np.ndarray:
         comp = rng.choice(components, size=n, p=weights)
@@ -677,11 +687,11 @@ def _machine() -> list[str]:
     except OSError:
         pass
     versions = [f"python {platform.python_version()}"]
-    for mod in ("torch", "zuko", "nflows", "onnxruntime", "sklearn"):
+    for dist in ("torch", "zuko", "nflows", "onnxruntime", "scikit-learn"):
         try:
-            versions.append(f"{mod} {__import__(mod).__version__}")
-        except Exception:  # a missing peer is reported in its rows
-            versions.append(f"{mod} missing")
+            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:  # a missing peer fails its own rows
+            versions.append(f"{dist} missing")
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
         capture_output=True,
