@@ -13,12 +13,14 @@ from fastapi import FastAPI
 import flowserve
 
 from .batching import InferenceEngine
+from .docs_offline import install_offline_docs
 from .errors import install_error_handlers
 from .kserve_v2 import kserve_v2_router
 from .limits import BodySizeLimit, InFlightLimit
 from .metrics import ServiceMetrics
 from .openapi import openapi_document
 from .repository import ModelRepository
+from .request_log import RequestLog
 from .routes_ops import admin_router, health_router, models_router
 from .routes_predict import prediction_router
 from .settings import ServiceSettings
@@ -85,7 +87,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         version=flowserve.__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc with local assets, below
+        redoc_url=None,
     )
+    if not install_offline_docs(app):
+        log.warning("fastapi-offline is not installed: no /docs or /redoc")
     app.state.flowserve = state
     install_error_handlers(app, on_error=metrics.error)
     app.add_middleware(
@@ -93,6 +99,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     # Added last, so outermost: an overloaded server refuses before doing anything else.
     app.add_middleware(InFlightLimit, max_in_flight=settings.max_in_flight, on_reject=metrics.error)
+    # Around even that: every answer, a refused one included, carries its X-Request-ID and is
+    # logged.
+    app.add_middleware(RequestLog, access_log=settings.access_log)
     # Most-called routes first: Starlette matches routes in order, and matching is per request.
     app.include_router(prediction_router(_default, "", "default model"))
     app.include_router(prediction_router(_named, "/models/{name}", "named model"))

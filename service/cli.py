@@ -38,6 +38,8 @@ _FLAGS: dict[str, str] = {
     "max_batch_delay_ms": "max_batch_delay_ms",
     "watch": "watch",
     "log_level": "log_level",
+    "access_log": "access_log",
+    "log_format": "log_format",
 }
 
 
@@ -77,6 +79,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="poll the model root and reload on change",
     )
     a("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    a(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="one log line per request, with its X-Request-ID (default on)",
+    )
+    a("--log-format", choices=["text", "json"], help="json: one JSON object per log line")
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -107,11 +116,10 @@ def run(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .metrics import multiprocess_metrics_dir
+    from .request_log import configure_logging
 
     settings = settings_from_args(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if not settings.model_root.is_dir():
         logging.getLogger("flowserve.service").error(
             "model root %s does not exist (pass --models ROOT)", settings.model_root
@@ -121,8 +129,10 @@ def run(args: argparse.Namespace) -> int:
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
-        "access_log": False,  # Prometheus metrics count requests; per-request logs cost time
+        "access_log": False,  # flowserve's own access log (request_log.py) replaces uvicorn's
     }
+    if settings.log_format == "json":
+        common["log_config"] = None  # uvicorn's loggers propagate to the JSON root handler
     if settings.workers > 1:
         if not settings.watch:
             # /admin/reload reaches only the worker that answers it; watching the model root

@@ -107,6 +107,10 @@ class ServiceSettings(BaseSettings):
         10.0, gt=0.0, description="a connection must send its request head within this time"
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = Field(
+        True, description="one log line per request (flowserve.access logger, with request ID)"
+    )
+    log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
