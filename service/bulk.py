@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCORE_COLUMNS",
+    "STATUS_NON_FINITE_INPUT",
+    "STATUS_NON_FINITE_LOG_PROB",
+    "STATUS_OK",
+    "NonFiniteRows",
     "load_model",
     "resolve_artifact",
     "score_dask",
@@ -40,8 +44,27 @@ __all__ = [
     "score_meta",
 ]
 
-SCORE_COLUMNS = ["log_prob", "score", "percentile", "is_anomaly"]
+SCORE_COLUMNS = ["log_prob", "score", "percentile", "p_value", "is_anomaly", "status"]
 Errors = Literal["raise", "coerce"]
+# The status column: why a row's numbers are what they are. A row that could not be scored is
+# flagged (is_anomaly True), never reported normal: Inf or 1e308 is the most anomalous reading.
+STATUS_OK = "ok"
+STATUS_NON_FINITE_INPUT = "non_finite_input"  # NaN/Inf (or beyond float32) features, coerced
+STATUS_NON_FINITE_LOG_PROB = "non_finite_log_prob"  # finite features, but no finite density
+
+
+class NonFiniteRows(ValueError):
+    """Rows hold NaN or Inf features and ``errors="raise"``; ``index`` holds their labels."""
+
+    def __init__(self, index: Sequence[Any], hint: str = "pass errors='coerce'") -> None:
+        self.index = list(index)
+        shown = ", ".join(str(i) for i in self.index[:10])
+        more = ", ..." if len(self.index) > 10 else ""
+        super().__init__(
+            f"{len(self.index)} row(s) hold NaN or Inf features (index {shown}{more}); {hint} to "
+            f"score them anyway (flagged as anomalies, status {STATUS_NON_FINITE_INPUT!r})"
+        )
+
 
 _load_lock = threading.Lock()
 
@@ -93,7 +116,8 @@ def _feature_matrix(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     non_numeric = [c for c in columns if not pd.api.types.is_numeric_dtype(df[c].dtype)]
     if non_numeric:
         raise ValueError(f"column(s) {non_numeric} are not numeric")
-    return df[list(columns)].to_numpy(dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes Inf: caught as non-finite
+        return df[list(columns)].to_numpy(dtype=np.float32)
 
 
 def score_frame(
@@ -114,39 +138,48 @@ def score_frame(
             the manifest's feature names).
         fpr: false-positive rate for ``is_anomaly`` (default: the calibration's).
         keep: input columns copied to the output first (e.g. an id to join on).
-        errors: ``"raise"`` rejects rows with NaN/Inf features, naming them (as the service
-            does); ``"coerce"`` scores them as NaN with ``is_anomaly`` False.
+        errors: ``"raise"`` rejects rows with NaN/Inf features (or values beyond float32
+            range), raising :class:`NonFiniteRows` with their index (as the service does);
+            ``"coerce"`` gives them NaN scores, ``is_anomaly`` True and status
+            ``non_finite_input``.
 
     Returns a DataFrame with ``df``'s index: the ``keep`` columns, then ``log_prob``,
-    ``score`` (= -log_prob), ``percentile`` (0-100) and ``is_anomaly``.
+    ``score`` (= -log_prob), ``percentile`` (0-100), ``p_value`` (conformal), ``is_anomaly``
+    (``p_value <= fpr``) and ``status`` (``ok``, ``non_finite_input``, ``non_finite_log_prob``).
+    Raises ``ValueError`` for an ``fpr`` below the calibration's attainable minimum.
     """
     model = _model(artifact_dir_or_model)
     columns = list(columns) if columns is not None else list(model.manifest.feature_names)
     if len(columns) != model.dim:
         raise ValueError(f"columns names {len(columns)} columns, the model reads {model.dim}")
     x = _feature_matrix(df, columns)
+    # float32 is what the graphs read: 1e308 is Inf there, and caught here with NaN and Inf.
     finite = np.isfinite(x).all(axis=1)
     if errors == "raise" and not finite.all():
-        bad = np.flatnonzero(~finite)
-        shown = ", ".join(str(i) for i in df.index[bad[:10]])
-        raise ValueError(
-            f"{bad.size} row(s) hold NaN or Inf features (index {shown}"
-            f"{', ...' if bad.size > 10 else ''}); pass errors='coerce' to score them as NaN"
-        )
+        raise NonFiniteRows(df.index[np.flatnonzero(~finite)])
     log_prob = np.full(len(x), np.nan, dtype=np.float64)
     if finite.any():
         log_prob[finite] = model.log_prob(x[finite] if not finite.all() else x)
     result = model.score_log_prob(log_prob.astype(np.float32), fpr)
     percentile = np.asarray(result.percentile, dtype=np.float64)
-    is_anomaly = np.asarray(result.is_anomaly, dtype=bool) & finite
+    p_value = np.asarray(result.p_value, dtype=np.float64)
     percentile[~finite] = np.nan
+    p_value[~finite] = np.nan
+    status = np.where(
+        finite,
+        np.where(np.isfinite(log_prob), STATUS_OK, STATUS_NON_FINITE_LOG_PROB),
+        STATUS_NON_FINITE_INPUT,
+    )
     out = pd.DataFrame(index=df.index)
     for name in keep:
         out[name] = df[name]
     out["log_prob"] = log_prob
     out["score"] = -log_prob
     out["percentile"] = percentile
-    out["is_anomaly"] = is_anomaly
+    out["p_value"] = p_value
+    # NaN log-likelihoods (unscorable rows) are flagged by the threshold test; say so anyway.
+    out["is_anomaly"] = np.asarray(result.is_anomaly, dtype=bool) | ~finite
+    out["status"] = status
     return out
 
 
@@ -166,9 +199,10 @@ def score_meta(input_meta: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFra
     meta = pd.DataFrame(index=input_meta.index[:0])
     for name in keep:
         meta[name] = input_meta[name].iloc[:0]
-    for name in ("log_prob", "score", "percentile"):
+    for name in ("log_prob", "score", "percentile", "p_value"):
         meta[name] = pd.Series(dtype=np.float64)
     meta["is_anomaly"] = pd.Series(dtype=bool)
+    meta["status"] = pd.Series(dtype=object)
     return meta
 
 

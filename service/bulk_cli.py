@@ -9,7 +9,12 @@ directory of part files (readable as one data set by pandas, pyarrow, Spark).
 Example::
 
     flowserve batch-score events.parquet scores.parquet --models /models --model sensors \\
-        --local-workers 4 --keep event_id
+        --local-workers 4 --id-column event_id
+
+Output columns: the ``--id-column`` columns, then ``log_prob``, ``score``, ``percentile``,
+``p_value``, ``is_anomaly`` and ``status`` (:func:`~flowserve.service.bulk.score_frame`). Row
+numbers in errors count data rows from the start of the file (0 is the first row after a CSV
+header) in local mode; on Dask they are the partition's index.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 from flowserve.artifact import ArtifactError
 
-from .bulk import load_model, resolve_artifact, score_dask, score_frame
+from .bulk import NonFiniteRows, load_model, resolve_artifact, score_dask, score_frame
 
 __all__ = ["configure", "run", "score_local"]
 
@@ -42,13 +47,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--local-workers", type=int, default=0, help="start a local Dask cluster of N processes"
     )
     parser.add_argument("--columns", nargs="+", help="input columns in feature order")
-    parser.add_argument("--keep", nargs="+", default=[], help="input columns copied to output")
+    parser.add_argument(
+        "--id-column",
+        action="append",
+        default=[],
+        help="input column copied to the output to join on (repeat for several)",
+    )
+    parser.add_argument("--keep", nargs="+", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--fpr", type=float, help="false-positive rate for is_anomaly")
     parser.add_argument(
         "--errors",
         choices=["raise", "coerce"],
         default="raise",
-        help="rows with NaN/Inf: fail (default) or score as NaN",
+        help="rows with NaN/Inf: fail (default) or coerce: NaN scores, flagged as anomalies, "
+        "status non_finite_input",
     )
     parser.add_argument(
         "--chunk-size", type=int, default=100_000, help="rows per batch (local mode)"
@@ -73,6 +85,8 @@ def score_local(
     writer: Any = None
     try:
         for i, frame in enumerate(frames):
+            # Row numbers in errors count from the start of the file, not of the batch.
+            frame.index = pd.RangeIndex(rows, rows + len(frame))
             scores = score_frame(frame, model, kwargs.get("columns"), **_score_kwargs(kwargs))
             if output_path.suffix.lower() == ".csv":
                 scores.to_csv(output_path, mode="w" if i == 0 else "a", header=i == 0, index=False)
@@ -110,7 +124,7 @@ def _score_on_dask(
         else:
             ddf = dd.read_parquet(str(input_path), split_row_groups="adaptive")
         scores = score_dask(
-            ddf, artifact, args.columns, fpr=args.fpr, keep=args.keep, errors=args.errors
+            ddf, artifact, args.columns, fpr=args.fpr, keep=args.id_column, errors=args.errors
         )
         if output_path.suffix.lower() == ".csv":
             scores.to_csv(str(output_path), single_file=True, index=False)
@@ -125,6 +139,13 @@ def _score_on_dask(
 def run(args: argparse.Namespace) -> int:
     """Run ``flowserve batch-score``; 0 ok, 2 bad arguments or input."""
     input_path, output_path = Path(args.input), Path(args.output)
+    if args.keep:
+        print(
+            "flowserve batch-score: warning: --keep is deprecated, use --id-column "
+            "(once per column)",
+            file=sys.stderr,
+        )
+        args.id_column = [*args.id_column, *args.keep]
     if not input_path.exists():
         print(f"flowserve batch-score: error: input {input_path} does not exist", file=sys.stderr)
         return 2
@@ -150,10 +171,19 @@ def run(args: argparse.Namespace) -> int:
                     args.chunk_size,
                     columns=args.columns,
                     fpr=args.fpr,
-                    keep=args.keep,
+                    keep=args.id_column,
                     errors=args.errors,
                 )
             )
+    except NonFiniteRows as e:
+        rows = ", ".join(str(i) for i in e.index[:10]) + (", ..." if len(e.index) > 10 else "")
+        print(
+            f"flowserve batch-score: error: {len(e.index)} row(s) hold NaN or Inf features "
+            f"(rows {rows}, counted from the start of the file); pass --errors coerce to score "
+            "them anyway (flagged as anomalies, status non_finite_input)",
+            file=sys.stderr,
+        )
+        return 2
     except (ArtifactError, ValueError, OSError) as e:
         print(f"flowserve batch-score: error: {e}", file=sys.stderr)
         return 2

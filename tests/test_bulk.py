@@ -60,7 +60,8 @@ def test_score_frame_matches_the_service_and_closed_form(
 ) -> None:
     model_dir, flow = artifact
     out = bulk.score_frame(frame, model_dir, keep=["id"], fpr=0.05)
-    assert list(out.columns) == ["id", "log_prob", "score", "percentile", "is_anomaly"]
+    assert list(out.columns) == ["id", *bulk.SCORE_COLUMNS]
+    assert (out["status"] == "ok").all()
     assert out.index.equals(frame.index)
     np.testing.assert_array_equal(out["id"], frame["id"])
     x = frame[flow.feature_names].to_numpy()
@@ -71,6 +72,7 @@ def test_score_frame_matches_the_service_and_closed_form(
     np.testing.assert_allclose(out["log_prob"], served["log_prob"], rtol=1e-6)
     np.testing.assert_allclose(out["percentile"], served["percentile"], rtol=1e-6, atol=1e-9)
     np.testing.assert_array_equal(out["is_anomaly"], served["is_anomaly"])
+    np.testing.assert_allclose(out["p_value"], served["p_value"], rtol=1e-12)
 
 
 def test_score_frame_columns_and_errors(
@@ -84,13 +86,23 @@ def test_score_frame_columns_and_errors(
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['f0', 'f1', 'f2'\]"):
         bulk.score_frame(renamed, model_dir)
     broken = frame.copy()
-    broken.loc[[3, 7], "f1"] = np.nan
-    with pytest.raises(ValueError, match=r"2 row\(s\) hold NaN or Inf features \(index 3, 7"):
+    # NaN, Inf and 1e308 (Inf in float32, what the model reads): never reported normal
+    broken.loc[3, "f1"] = np.nan
+    broken.loc[7, "f0"] = np.inf
+    broken.loc[9, "f2"] = 1e308
+    with pytest.raises(
+        bulk.NonFiniteRows, match=r"3 row\(s\) hold NaN or Inf features \(index 3, 7, 9"
+    ):
         bulk.score_frame(broken, model_dir)
     coerced = bulk.score_frame(broken, model_dir, errors="coerce")
-    assert coerced["log_prob"].isna().tolist() == [i in (3, 7) for i in range(len(frame))]
-    assert not coerced.loc[[3, 7], "is_anomaly"].any()
-    np.testing.assert_array_equal(coerced["log_prob"].drop([3, 7]), plain["log_prob"].drop([3, 7]))
+    bad = [3, 7, 9]
+    assert coerced["log_prob"].isna().tolist() == [i in bad for i in range(len(frame))]
+    assert coerced.loc[bad, "is_anomaly"].all() and coerced.loc[bad, "p_value"].isna().all()
+    assert (coerced.loc[bad, "status"] == bulk.STATUS_NON_FINITE_INPUT).all()
+    assert (coerced["status"].drop(bad) == bulk.STATUS_OK).all()
+    np.testing.assert_array_equal(coerced["log_prob"].drop(bad), plain["log_prob"].drop(bad))
+    with pytest.raises(ValueError, match="smallest attainable"):
+        bulk.score_frame(frame, model_dir, fpr=1e-5)
 
 
 def test_score_frame_iter_is_the_spark_shape(
@@ -133,7 +145,7 @@ def test_score_dask_on_two_workers_equals_the_service(
     ddf = dd.from_pandas(frame, npartitions=6)
     lazy = bulk.score_dask(ddf, model_dir, keep=["id"])
     out = lazy.compute()
-    assert list(out.columns) == ["id", "log_prob", "score", "percentile", "is_anomaly"]
+    assert list(out.columns) == ["id", *bulk.SCORE_COLUMNS]
     np.testing.assert_array_equal(out["id"], frame["id"])  # row order kept
     served = _service_scores(model_dir, frame[flow.feature_names].to_numpy(), None)
     np.testing.assert_allclose(out["log_prob"], served["log_prob"], rtol=1e-6)
@@ -164,7 +176,7 @@ def test_batch_score_cli_local(
     frame.to_parquet(src, row_group_size=128)
     dst = tmp_path / "out.parquet"
     args = _cli_args(
-        input=src, output=dst, models=model_dir.parent.parent, model="toy", keep=["id"],
+        input=src, output=dst, models=model_dir.parent.parent, model="toy", id_column="id",
         chunk_size=100,
     )  # fmt: skip
     assert bulk_cli.run(args) == 0
@@ -181,6 +193,40 @@ def test_batch_score_cli_errors(artifact: tuple[Path, AffineFlow], tmp_path: Pat
     assert bulk_cli.run(missing) == 2
     wrong = _cli_args(input=src, output=tmp_path / "o.csv", model_dir=model_dir)
     assert bulk_cli.run(wrong) == 2
+
+
+def test_batch_score_cli_names_file_rows_and_the_flag(
+    artifact: tuple[Path, AffineFlow],
+    frame: pd.DataFrame,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model_dir, _ = artifact
+    broken = frame.copy()
+    broken.loc[[250, 260, 431], "f0"] = np.inf
+    src = tmp_path / "in.csv"
+    broken.to_csv(src, index=False)
+    dst = tmp_path / "o.csv"
+    args = _cli_args(input=src, output=dst, model_dir=model_dir, chunk_size=100)
+    assert bulk_cli.run(args) == 2
+    err = capsys.readouterr().err
+    # the third chunk of 100 fails first: its rows numbered from the start of the file
+    assert "2 row(s)" in err and "rows 250, 260, counted from the start of the file" in err
+    assert "--errors coerce" in err and "errors='coerce'" not in err
+    # the id option is --id-column, as in `flowserve score`; --keep still works, with a warning
+    coerce = _cli_args(
+        input=src, output=dst, model_dir=model_dir, chunk_size=100, errors="coerce",
+        id_column="id",
+    )  # fmt: skip
+    assert bulk_cli.run(coerce) == 0
+    out = pd.read_csv(dst)
+    assert list(out.columns) == ["id", *bulk.SCORE_COLUMNS]
+    assert out.loc[[250, 260, 431], "is_anomaly"].all()
+    assert out.loc[[250, 260, 431], "status"].tolist() == ["non_finite_input"] * 3
+    old = _cli_args(input=src, output=dst, model_dir=model_dir, errors="coerce", keep=["id"])
+    assert bulk_cli.run(old) == 0
+    assert "--keep is deprecated" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(pd.read_csv(dst), out)
 
 
 @pytest.mark.slow
