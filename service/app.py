@@ -14,6 +14,7 @@ import flowserve
 
 from .batching import InferenceEngine
 from .docs_offline import install_offline_docs
+from .drain import draining_on_sigterm
 from .errors import install_error_handlers
 from .kserve_v2 import kserve_v2_router
 from .limits import BodySizeLimit, InFlightLimit
@@ -74,11 +75,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         snap = repository.snapshot
         metrics.set_models(len(snap.ready_versions()), len(snap.failed_versions()))
         try:
-            async with anyio.create_task_group() as tg:
-                if settings.watch:
-                    tg.start_soon(repository.watch, settings.watch_interval_s)
-                yield
-                tg.cancel_scope.cancel()
+            with draining_on_sigterm(state, settings.drain_s):
+                async with anyio.create_task_group() as tg:
+                    if settings.watch:
+                        tg.start_soon(repository.watch, settings.watch_interval_s)
+                    yield
+                    tg.cancel_scope.cancel()
         finally:
             metrics.close()
 

@@ -23,7 +23,8 @@ _FLAGS: dict[str, str] = {
     "host": "host",
     "port": "port",
     "workers": "workers",
-    "api_keys": "api_keys",
+    "api_key_file": "api_key_file",
+    "admin_key_file": "admin_key_file",
     "max_rows": "max_rows",
     "max_body_bytes": "max_body_bytes",
     "max_sample": "max_sample",
@@ -40,7 +41,16 @@ _FLAGS: dict[str, str] = {
     "log_level": "log_level",
     "access_log": "access_log",
     "log_format": "log_format",
+    "max_in_flight": "max_in_flight",
+    "drain_s": "drain_s",
+    "shutdown_timeout_s": "shutdown_timeout_s",
 }
+
+_KEYS_ON_ARGV = (
+    "--api-keys is not accepted: keys on the command line are visible to every user in ps; "
+    "set FLOWSERVE_API_KEYS or pass --api-key-file FILE (admin keys: FLOWSERVE_ADMIN_KEYS or "
+    "--admin-key-file FILE)"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +64,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     a("--host", help="bind address (default 127.0.0.1)")
     a("--port", type=int, help="port (default 8000; 0 picks a free one)")
     a("--workers", type=int, help="uvicorn worker processes (default 1)")
-    a("--api-keys", metavar="K1,K2", help="require one of these keys (X-API-Key header)")
+    a("--api-keys", help=argparse.SUPPRESS)  # refused with a pointer to the safe ways
+    a(
+        "--api-key-file",
+        metavar="FILE",
+        help="model endpoints need one of the keys in FILE (one per line; or FLOWSERVE_API_KEYS)",
+    )
+    a(
+        "--admin-key-file",
+        metavar="FILE",
+        help="/admin/* needs one of the keys in FILE (or FLOWSERVE_ADMIN_KEYS); without admin "
+        "keys the admin endpoints are off",
+    )
     a("--max-rows", type=int, help="most rows in one JSON request")
     a("--max-body-bytes", type=int, help="largest request body")
     a("--max-sample", type=int, help="largest n for /sample")
@@ -78,6 +99,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="poll the model root and reload on change",
     )
+    a("--max-in-flight", type=int, help="most requests in progress; more get 503 (0: no limit)")
+    a("--drain-s", type=float, help="on SIGTERM, /readyz is 503 this long before closing")
+    a("--shutdown-timeout-s", type=float, help="then wait this long for in-flight requests")
     a("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     a(
         "--access-log",
@@ -112,45 +136,41 @@ def _export_env(settings: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
+    from pydantic import ValidationError
 
     from .app import create_app
     from .metrics import multiprocess_metrics_dir
     from .request_log import configure_logging
+    from .server import serve
 
-    settings = settings_from_args(args)
+    log = logging.getLogger("flowserve.service")
+    if getattr(args, "api_keys", None) is not None:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        log.error(_KEYS_ON_ARGV)
+        return 2
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as e:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            log.error("invalid setting %s: %s", where, err["msg"])
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     if not settings.model_root.is_dir():
-        logging.getLogger("flowserve.service").error(
-            "model root %s does not exist (pass --models ROOT)", settings.model_root
-        )
+        log.error("model root %s does not exist (pass --models ROOT)", settings.model_root)
         return 2
-    common = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "access_log": False,  # flowserve's own access log (request_log.py) replaces uvicorn's
-    }
-    if settings.log_format == "json":
-        common["log_config"] = None  # uvicorn's loggers propagate to the JSON root handler
-    if settings.workers > 1:
-        if not settings.watch:
-            # /admin/reload reaches only the worker that answers it; watching the model root
-            # is what brings every worker to the new versions.
-            logging.getLogger("flowserve.service").info(
-                "%d workers: watching the model root so every worker picks up new versions",
-                settings.workers,
-            )
-            settings = settings.model_copy(update={"watch": True})
-        _export_env(settings)
-        # Set before uvicorn spawns the workers: they import prometheus-client with it set.
-        with multiprocess_metrics_dir():
-            uvicorn.run(
-                "flowserve.service.app:create_app",
-                factory=True,
-                workers=settings.workers,
-                **common,
-            )
-    else:
-        uvicorn.run(create_app(settings), **common)
-    return 0
+    if settings.workers == 1:
+        return serve(settings, create_app(settings))
+    if not settings.watch:
+        # /admin/reload reaches only the worker that answers it; watching the model root
+        # is what brings every worker to the new versions.
+        log.info(
+            "%d workers: watching the model root so every worker picks up new versions",
+            settings.workers,
+        )
+        settings = settings.model_copy(update={"watch": True})
+    _export_env(settings)
+    # Set before uvicorn spawns the workers: they import prometheus-client with it set.
+    with multiprocess_metrics_dir():
+        return serve(settings, "flowserve.service.app:create_app")
