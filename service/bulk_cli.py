@@ -20,8 +20,12 @@ header) in local mode; on Dask they are the partition's index.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +106,23 @@ def score_local(
     return rows
 
 
+def _score(input_path: Path, output_path: Path, artifact: Path, args: argparse.Namespace) -> str:
+    if args.scheduler or args.local_workers > 0:
+        _score_on_dask(input_path, output_path, artifact, args)
+        return "all"  # counting would cost a second pass over the data
+    rows = score_local(
+        input_path,
+        output_path,
+        artifact,
+        args.chunk_size,
+        columns=args.columns,
+        fpr=args.fpr,
+        keep=args.id_column,
+        errors=args.errors,
+    )
+    return str(rows)
+
+
 def _score_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: kwargs[k] for k in ("fpr", "keep", "errors") if k in kwargs}
 
@@ -136,8 +157,23 @@ def _score_on_dask(
             cluster.close()
 
 
+@contextlib.contextmanager
+def _atomic_output(output_path: Path) -> Iterator[Path]:
+    """A temporary path next to ``output_path`` (same suffix, same file system), renamed onto
+    it on success; on any failure it is removed, so nothing is left at either path."""
+    tmp = output_path.with_name(f".{output_path.stem}.tmp-{os.getpid()}{output_path.suffix}")
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        raise
+    if output_path.is_dir() and tmp.is_dir():  # Dask's Parquet output is a directory
+        shutil.rmtree(output_path)
+    os.replace(tmp, output_path)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``flowserve batch-score``; 0 ok, 2 bad arguments or input."""
+    """Run ``flowserve batch-score``; 0 ok, 2 bad arguments or input (and no output written)."""
     input_path, output_path = Path(args.input), Path(args.output)
     if args.keep:
         print(
@@ -159,22 +195,8 @@ def run(args: argparse.Namespace) -> int:
             artifact = resolve_artifact(args.models, args.model, args.version)
         load_model(artifact)  # fail fast on a broken artifact, before any cluster starts
         start = time.perf_counter()
-        if args.scheduler or args.local_workers > 0:
-            _score_on_dask(input_path, output_path, artifact, args)
-            rows = "all"  # counting would cost a second pass over the data
-        else:
-            rows = str(
-                score_local(
-                    input_path,
-                    output_path,
-                    artifact,
-                    args.chunk_size,
-                    columns=args.columns,
-                    fpr=args.fpr,
-                    keep=args.id_column,
-                    errors=args.errors,
-                )
-            )
+        with _atomic_output(output_path) as partial:
+            rows = _score(input_path, partial, artifact, args)
     except NonFiniteRows as e:
         rows = ", ".join(str(i) for i in e.index[:10]) + (", ..." if len(e.index) > 10 else "")
         print(
