@@ -204,6 +204,8 @@ async def _score(request: Request, state: ServiceState, mv: ModelVersion) -> Res
         headers["X-Flowserve-Threshold"] = repr(res.threshold)
         headers["X-Flowserve-Fpr"] = repr(res.fpr)
         headers["X-Flowserve-Columns"] = ",".join(columns)
+        if opts.fdr is not None:
+            headers["X-Flowserve-Fdr"] = repr(opts.fdr)
         return codec.npy_response(table, headers)
     body: dict[str, Any] = {
         "model": mv.name,

@@ -224,3 +224,28 @@ def test_binary_score_columns(client: TestClient, repo) -> None:
     assert bad.status_code == 422 and "nope" in bad.json()["error"]["message"]
     no_fdr = client.post("/score?columns=fdr_selected", content=npy_bytes(x), headers=headers)
     assert no_fdr.status_code == 422 and "needs fdr" in no_fdr.json()["error"]["message"]
+
+
+def test_client_reads_p_values_and_fdr_from_json_and_binary(client: TestClient, repo) -> None:
+    import flowserve_client as fc
+
+    _, flow = repo
+    x = np.concatenate([flow.sample(40, seed=14), flow.sample(5, seed=15) * 8.0])
+    fs = fc.FlowClient("http://testserver", transport=client._transport, binary_threshold=None)
+    with fs:
+        by_json = fs.score(x, fpr=0.1, fdr=0.1)
+        fs.binary_threshold = 0
+        by_npy = fs.score(x, fpr=0.1, fdr=0.1)
+        with pytest.raises(fc.InvalidInput) as info:
+            fc.FlowClient("http://testserver", transport=client._transport, model="small").score(
+                x, fpr=0.01
+            )
+    assert by_json.p_value is not None and by_npy.p_value is not None
+    np.testing.assert_allclose(by_npy.p_value, by_json.p_value, rtol=1e-6)
+    np.testing.assert_array_equal(by_npy.is_anomaly, by_json.p_value <= 0.1)
+    assert by_json.fdr == by_npy.fdr == 0.1
+    np.testing.assert_array_equal(by_npy.fdr_selected, by_json.fdr_selected)
+    assert list(by_json.to_frame().columns) == [
+        "log_prob", "score", "percentile", "p_value", "is_anomaly", "fdr_selected"
+    ]  # fmt: skip
+    assert info.value.code == "out_of_range" and info.value.details["min_fpr"] == 0.05

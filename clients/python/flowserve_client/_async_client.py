@@ -67,9 +67,12 @@ class AsyncFlowClient(BaseClient):
         """Log-density of each row, in nats: ``[N]``."""
         return await self._execute(self._log_prob_call(await self._rows(x)))
 
-    async def score(self, x: Any, fpr: float | None = None) -> ScoreResult:
-        """Anomaly scores of each row at false-positive rate ``fpr``."""
-        return await self._execute(self._score_call(await self._rows(x), fpr))
+    async def score(
+        self, x: Any, fpr: float | None = None, fdr: float | None = None
+    ) -> ScoreResult:
+        """Anomaly scores of each row at false-positive rate ``fpr``, with conformal p-values
+        (and Benjamini-Hochberg selection at false-discovery rate ``fdr`` when given)."""
+        return await self._execute(self._score_call(await self._rows(x), fpr, fdr))
 
     async def encode(self, x: Any) -> Encoding:
         """Latent codes ``z`` ``[N, dim]`` and ``log|det dz/dx|`` ``[N]`` of each row."""

@@ -176,20 +176,32 @@ def _parse_log_prob(response: httpx.Response) -> np.ndarray:
     return _float(response.json()["log_prob"])
 
 
+# Columns asked of a binary /score reply (servers that predate ?columns= send the first three
+# and no X-Flowserve-Columns header).
+_NPY_SCORE_COLUMNS = ["log_prob", "percentile", "is_anomaly", "p_value"]
+_LEGACY_NPY_COLUMNS = "log_prob,percentile,is_anomaly"
+
+
 def _parse_score(response: httpx.Response) -> ScoreResult:
     if _is_npy(response):
-        table = _float(decode_npy(response.content)).reshape(-1, 3)
+        names = response.headers.get("X-Flowserve-Columns", _LEGACY_NPY_COLUMNS).split(",")
+        table = _float(decode_npy(response.content)).reshape(-1, len(names))
+        cols = {name: table[:, i] for i, name in enumerate(names)}
         model, version = _model_of(response)
-        log_prob = table[:, 0]
+        log_prob = cols["log_prob"]
+        fdr = response.headers.get("X-Flowserve-Fdr")
         return ScoreResult(
             log_prob=log_prob,
             score=-log_prob,
-            percentile=table[:, 1],
-            is_anomaly=table[:, 2] > 0.5,
+            percentile=cols["percentile"],
+            is_anomaly=cols["is_anomaly"] > 0.5,
             threshold=_header_float(response, "X-Flowserve-Threshold"),
             fpr=_header_float(response, "X-Flowserve-Fpr"),
             model=model,
             version=version,
+            p_value=cols.get("p_value"),
+            fdr=float(fdr) if fdr is not None else None,
+            fdr_selected=cols["fdr_selected"] > 0.5 if "fdr_selected" in cols else None,
         )
     body = response.json()
     return ScoreResult(
@@ -201,6 +213,13 @@ def _parse_score(response: httpx.Response) -> ScoreResult:
         fpr=float(body["fpr"]),
         model=str(body.get("model", "")),
         version=int(body.get("version", 0)),
+        p_value=_float(body["p_value"]) if "p_value" in body else None,
+        fdr=float(body["fdr"]) if body.get("fdr") is not None else None,
+        fdr_selected=(
+            np.asarray(body["fdr_selected"], dtype=bool)
+            if body.get("fdr_selected") is not None
+            else None
+        ),
     )
 
 
@@ -296,13 +315,15 @@ class BaseClient:
     def _log_prob_call(self, rows: np.ndarray) -> Call:
         return self._rows_call("log_prob", rows, _parse_log_prob, binary_reply=True)
 
-    def _score_call(self, rows: np.ndarray, fpr: float | None) -> Call:
+    def _score_call(self, rows: np.ndarray, fpr: float | None, fdr: float | None = None) -> Call:
         call = self._rows_call("score", rows, _parse_score, binary_reply=True)
-        if fpr is not None:
-            if call.json_body is not None:
-                call.json_body["fpr"] = float(fpr)
-            else:
-                call.params["fpr"] = float(fpr)
+        options = {k: float(v) for k, v in (("fpr", fpr), ("fdr", fdr)) if v is not None}
+        if call.json_body is not None:
+            call.json_body.update(options)
+        else:
+            call.params.update(options)
+            columns = [*_NPY_SCORE_COLUMNS, *(["fdr_selected"] if fdr is not None else [])]
+            call.params["columns"] = ",".join(columns)
         return call
 
     def _encode_call(self, rows: np.ndarray) -> Call:

@@ -82,10 +82,13 @@ class FlowClient(BaseClient):
         """Log-density of each row, in nats: ``[N]``."""
         return self._execute(self._log_prob_call(self._rows(x)))
 
-    def score(self, x: Any, fpr: float | None = None) -> ScoreResult:
+    def score(self, x: Any, fpr: float | None = None, fdr: float | None = None) -> ScoreResult:
         """Anomaly scores of each row at false-positive rate ``fpr`` (the model's default if
-        None)."""
-        return self._execute(self._score_call(self._rows(x), fpr))
+        None; at least its ``min_fpr``, else :class:`InvalidInput` with code ``out_of_range`` and
+        ``details["min_fpr"]``), with conformal p-values.
+        With ``fdr``, ``fdr_selected`` holds the rows Benjamini-Hochberg selects at that
+        false-discovery rate over this batch."""
+        return self._execute(self._score_call(self._rows(x), fpr, fdr))
 
     def encode(self, x: Any) -> Encoding:
         """Latent codes ``z`` ``[N, dim]`` and ``log|det dz/dx|`` ``[N]`` of each row."""

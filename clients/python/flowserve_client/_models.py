@@ -25,8 +25,11 @@ class ScoreResult:
     """Anomaly scores of a batch, one entry per input row, in input order.
 
     ``score = -log_prob``; ``percentile`` in [0, 100] is the share of held-out rows more likely
-    than the row (100: less likely than all of them); ``is_anomaly`` is ``log_prob < threshold``,
-    the held-out log-likelihood quantile at false-positive rate ``fpr``.
+    than the row (100: less likely than all of them); ``p_value`` is the conformal p-value
+    ``(1 + #{calibration scores >= score}) / (n + 1)`` (None from servers that predate it);
+    ``is_anomaly`` is ``p_value <= fpr``, i.e. ``log_prob < threshold``: for rows exchangeable
+    with the calibration rows, ``P(is_anomaly) <= fpr``. With ``fdr``, ``fdr_selected`` holds
+    the rows Benjamini-Hochberg selects at that false-discovery rate.
     """
 
     log_prob: np.ndarray
@@ -37,33 +40,39 @@ class ScoreResult:
     fpr: float
     model: str
     version: int
+    p_value: np.ndarray | None = None
+    fdr: float | None = None
+    fdr_selected: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.log_prob.shape[0])
 
     def to_dict(self) -> dict[str, Any]:
-        """The per-row arrays plus ``threshold``, ``fpr``, ``model`` and ``version``."""
-        return {
-            "log_prob": self.log_prob,
-            "score": self.score,
-            "percentile": self.percentile,
-            "is_anomaly": self.is_anomaly,
+        """The per-row arrays plus ``threshold``, ``fpr``, ``model`` and ``version`` (and
+        ``p_value``, ``fdr``, ``fdr_selected`` when present)."""
+        out: dict[str, Any] = {
+            **self.columns(),
             "threshold": self.threshold,
             "fpr": self.fpr,
             "model": self.model,
             "version": self.version,
         }
+        if self.fdr is not None:
+            out["fdr"] = self.fdr
+        return out
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The per-row arrays by name, in output order (those the server sent)."""
+        cols = {"log_prob": self.log_prob, "score": self.score, "percentile": self.percentile}
+        if self.p_value is not None:
+            cols["p_value"] = self.p_value
+        cols["is_anomaly"] = self.is_anomaly
+        if self.fdr_selected is not None:
+            cols["fdr_selected"] = self.fdr_selected
+        return cols
 
     def to_frame(self, index: Any = None) -> pd.DataFrame:
         """The per-row columns as a DataFrame (needs pandas); pass ``index=df.index`` to align."""
         import pandas as pd
 
-        return pd.DataFrame(
-            {
-                "log_prob": self.log_prob,
-                "score": self.score,
-                "percentile": self.percentile,
-                "is_anomaly": self.is_anomaly,
-            },
-            index=index,
-        )
+        return pd.DataFrame(self.columns(), index=index)
