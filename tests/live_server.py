@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["free_port", "live_server"]
+__all__ = ["free_port", "live_server", "live_server_process"]
 
 
 def free_port() -> int:
@@ -35,6 +35,18 @@ def live_server(
 ) -> Iterator[str]:
     """Serve ``model_root`` in a subprocess (``args``: more ``flowserve serve`` flags); yields
     its base URL once ``/readyz`` answers 200."""
+    with live_server_process(model_root, env, startup_s, args) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def live_server_process(
+    model_root: Path,
+    env: dict[str, str] | None = None,
+    startup_s: float = 60.0,
+    args: Sequence[str] = (),
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """:func:`live_server`, also yielding the process (to signal it, or read its exit status)."""
     port = free_port()
     cmd = [sys.executable, "-m", "flowserve.cli", "serve", "--models", str(model_root)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args]
@@ -58,7 +70,7 @@ def live_server(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"flowserve serve not ready after {startup_s} s")
             time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
