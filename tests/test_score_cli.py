@@ -18,7 +18,7 @@ from tests.live_server import free_port, live_server
 from tests.service_fixtures import AffineFlow, affine_flow, build_affine_artifact
 
 pytestmark = pytest.mark.timeout(120)
-COLUMNS = ["log_prob", "score", "percentile", "is_anomaly"]
+COLUMNS = ["log_prob", "score", "percentile", "p_value", "is_anomaly", "status"]
 
 
 @pytest.fixture(scope="module")
@@ -120,4 +120,60 @@ def test_console_command_writes_only_csv_to_stdout(
     done = subprocess.run([*cmd, str(src)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     out = pd.read_csv(io.StringIO(done.stdout))
-    assert out.shape == (20, 5)
+    assert out.shape == (20, 7)
+
+
+_NO_PANDAS = (
+    "import sys; sys.modules['pandas'] = None; sys.modules['pyarrow'] = None; "
+    "from flowserve.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def _without_pandas(*argv: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-c", _NO_PANDAS, "score", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_serving_install_scores_csv_without_pandas(
+    server: tuple[str, AffineFlow], table: pd.DataFrame, tmp_path: Path
+) -> None:
+    url, _ = server
+    broken = table.head(300).copy()
+    broken.loc[120, "f0"] = np.nan
+    broken.loc[250, "f1"] = np.inf
+    broken.loc[251, "f2"] = 1e308  # Inf in float32, what the model reads
+    src = tmp_path / "in.csv"
+    broken.to_csv(src, index=False)
+    common = ["--url", url, "--chunk-size", "100", "--no-progress", "--id-column", "event_id"]
+    done = _without_pandas(*common, str(src))
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.count("\n") == 101  # header + the first chunk, streamed before the error
+    # the second chunk (rows 100-199) fails first; its row numbers count from the file's start
+    assert "rows 120, counted from the start of the file" in done.stderr
+    assert "--errors coerce" in done.stderr and "Traceback" not in done.stderr
+    done = _without_pandas(*common, "--errors", "coerce", str(src))
+    assert done.returncode == 0, done.stderr
+    out = pd.read_csv(io.StringIO(done.stdout))
+    assert list(out.columns) == ["event_id", *COLUMNS]
+    assert out["event_id"].tolist() == broken["event_id"].tolist()
+    bad = [120, 250, 251]
+    assert out.loc[bad, "is_anomaly"].all() and out.loc[bad, "log_prob"].isna().all()
+    assert out.loc[bad, "status"].tolist() == ["non_finite_input"] * 3
+    assert (out["status"].drop(bad) == "ok").all()
+    expected = _expected(url, broken.drop(bad))
+    np.testing.assert_allclose(out["log_prob"].drop(bad), expected["log_prob"], rtol=1e-6)
+    np.testing.assert_allclose(out["p_value"].drop(bad), expected["p_value"], rtol=1e-6)
+    np.testing.assert_array_equal(out["is_anomaly"].drop(bad), expected["is_anomaly"])
+
+
+def test_parquet_without_pyarrow_says_what_to_install(
+    server: tuple[str, AffineFlow], table: pd.DataFrame, tmp_path: Path
+) -> None:
+    src = tmp_path / "in.parquet"
+    table.head(5).to_parquet(src)
+    done = _without_pandas("--url", server[0], str(src))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "flowserve score: error: reading Parquet needs pyarrow: pip install pyarrow (or score "
+        "a CSV file)"
+    ]

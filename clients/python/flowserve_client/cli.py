@@ -1,10 +1,17 @@
 """``flowserve score``: score a CSV or Parquet file against a running service, in chunks.
 
-The file is streamed (pyarrow record batches for Parquet, pandas ``chunksize`` for CSV), each
-chunk is scored with :class:`FlowClient` (``.npy`` bodies for large chunks) and its scores are
-appended to a CSV on stdout (or ``--output``), in input row order. Columns: the id column when
-``--id-column`` is given, then ``log_prob``, ``score``, ``percentile``, ``is_anomaly``.
-Progress goes to stderr. Needs pandas, pyarrow (Parquet only) and tqdm.
+The file is streamed (the standard library's ``csv`` for CSV, pyarrow record batches for
+Parquet), each chunk is scored with :class:`FlowClient` (``.npy`` bodies for large chunks) and
+its scores are appended to a CSV on stdout (or ``--output``), in input row order. Columns: the
+``--id-column`` columns, then ``log_prob``, ``score``, ``percentile``, ``p_value``,
+``is_anomaly`` and ``status``. Feature columns are matched to the model's feature names.
+
+Rows with NaN or Inf features stop the run with their row numbers (counted from the start of the
+file, 0 being the first data row) unless ``--errors coerce``: then they are not sent, and come
+out with empty scores, ``is_anomaly`` True and status ``non_finite_input``, never as normal.
+
+Needs only the client's own dependencies (httpx, numpy) for CSV: it runs in the serving install.
+Parquet needs pyarrow; tqdm, when installed, draws a progress bar on stderr.
 
 Example::
 
@@ -14,22 +21,30 @@ Example::
 from __future__ import annotations
 
 import argparse
+import csv
+import math
 import os
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 from ._client import FlowClient
 from ._exceptions import FlowServeError, InvalidInput
 
-__all__ = ["OUTPUT_COLUMNS", "configure", "iter_chunks", "run", "score_file"]
+__all__ = ["OUTPUT_COLUMNS", "Chunk", "configure", "iter_chunks", "run", "score_file"]
 
-OUTPUT_COLUMNS = ["log_prob", "score", "percentile", "is_anomaly"]
+OUTPUT_COLUMNS = ["log_prob", "score", "percentile", "p_value", "is_anomaly", "status"]
 DEFAULT_CHUNK_ROWS = 10_000
+STATUS_OK = "ok"
+STATUS_NON_FINITE_INPUT = "non_finite_input"
+_MISSING = frozenset({"", "nan", "NaN", "NA", "N/A", "null", "NULL", "None"})
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -43,11 +58,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", help="model name (default: the service's default model)")
     parser.add_argument("--version", type=int, help="model version (default: the newest)")
-    parser.add_argument("--id-column", help="input column copied to the output to join on")
+    parser.add_argument(
+        "--id-column",
+        action="append",
+        default=[],
+        help="input column copied to the output to join on (repeat for several)",
+    )
     parser.add_argument(
         "--chunk-size", type=int, default=DEFAULT_CHUNK_ROWS, help="rows per request"
     )
     parser.add_argument("--fpr", type=float, help="false-positive rate for is_anomaly")
+    parser.add_argument(
+        "--errors",
+        choices=["raise", "coerce"],
+        default="raise",
+        help="rows with NaN/Inf: fail (default) or coerce: not sent, flagged as anomalies, "
+        "status non_finite_input",
+    )
     parser.add_argument(
         "--api-key",
         default=os.environ.get("FLOWSERVE_API_KEY"),
@@ -61,72 +88,209 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
-def iter_chunks(path: str, chunk_rows: int) -> tuple[Iterator[Any], int | None]:
-    """DataFrame chunks of a CSV or Parquet file, and its row count when cheaply known."""
+@dataclass
+class Chunk:
+    """Consecutive rows of the input: ``start`` is the file row number of the first one."""
+
+    start: int
+    columns: dict[str, Sequence[Any]]
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def features(self, names: list[str]) -> np.ndarray:
+        """The named columns as float64 ``[rows, len(names)]`` (missing values are NaN)."""
+        missing = [n for n in names if n not in self.columns]
+        if missing:
+            raise ValueError(
+                f"the input lacks feature column(s) {missing}; the model expects {names}"
+            )
+        return np.stack([self._numbers(n) for n in names], axis=1).reshape(self.rows, len(names))
+
+    def _numbers(self, name: str) -> np.ndarray:
+        values = self.columns[name]
+        try:
+            return np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            pass
+        out = np.empty(len(values))
+        for i, v in enumerate(values):
+            if v is None or (isinstance(v, str) and v.strip() in _MISSING):
+                out[i] = math.nan
+                continue
+            try:
+                out[i] = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"column {name!r}, row {self.start + i}: {v!r} is not a number"
+                ) from None
+        return out
+
+
+def _csv_chunks(stream: IO[str], chunk_rows: int) -> Iterator[Chunk]:
+    reader = csv.reader(stream)
+    header = next(reader, None)
+    if header is None:
+        raise ValueError("the input is empty (no CSV header)")
+    start, rows = 0, []
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ValueError(
+                f"row {start + len(rows)} has {len(row)} fields, the header {len(header)}"
+            )
+        rows.append(row)
+        if len(rows) == chunk_rows:
+            yield _transposed(start, header, rows)
+            start, rows = start + len(rows), []
+    if rows:
+        yield _transposed(start, header, rows)
+
+
+def _transposed(start: int, header: list[str], rows: list[list[str]]) -> Chunk:
+    columns = zip(*rows, strict=True)  # every row has len(header) fields (checked)
+    return Chunk(start, dict(zip(header, columns, strict=True)), len(rows))
+
+
+def _csv_file_chunks(file: Path, chunk_rows: int) -> Iterator[Chunk]:
+    import bz2
+    import gzip
+
+    name = file.name.lower()
+    opener: Any = gzip.open if name.endswith(".gz") else bz2.open if name.endswith(".bz2") else open
+    with opener(file, "rt", newline="") as stream:
+        yield from _csv_chunks(stream, chunk_rows)
+
+
+def _parquet_chunks(file: Path, chunk_rows: int) -> tuple[Iterator[Chunk], int]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(
+            "reading Parquet needs pyarrow: pip install pyarrow (or score a CSV file)"
+        ) from None
+    parquet = pq.ParquetFile(file)
+
+    def chunks() -> Iterator[Chunk]:
+        start = 0
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
+            columns = {
+                name: batch.column(i).to_numpy(zero_copy_only=False)
+                for i, name in enumerate(batch.schema.names)
+            }
+            yield Chunk(start, columns, batch.num_rows)
+            start += batch.num_rows
+
+    return chunks(), parquet.metadata.num_rows
+
+
+def iter_chunks(path: str, chunk_rows: int) -> tuple[Iterator[Chunk], int | None]:
+    """:class:`Chunk` s of a CSV or Parquet file, and its row count when cheaply known."""
     if chunk_rows < 1:
         raise ValueError(f"--chunk-size must be at least 1, got {chunk_rows}")
-    import pandas as pd
-
     if path == "-":
-        return iter(pd.read_csv(sys.stdin, chunksize=chunk_rows)), None
+        return _csv_chunks(sys.stdin, chunk_rows), None
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"input file {path} does not exist")
     suffix = file.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        parquet = pq.ParquetFile(file)
-        batches = (b.to_pandas() for b in parquet.iter_batches(batch_size=chunk_rows))
-        return batches, parquet.metadata.num_rows
+        return _parquet_chunks(file, chunk_rows)
     if suffix in (".csv", ".txt") or file.name.lower().endswith((".csv.gz", ".csv.bz2")):
-        return iter(pd.read_csv(file, chunksize=chunk_rows)), None
+        return _csv_file_chunks(file, chunk_rows), None
     raise ValueError(f"input {path}: unknown file type {suffix!r}; use .csv or .parquet")
+
+
+def _rows_text(rows: np.ndarray) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:10])
+    return shown + (", ..." if len(rows) > 10 else "")
+
+
+def _score_chunk(
+    client: FlowClient,
+    chunk: Chunk,
+    feature_names: list[str],
+    id_columns: list[str],
+    fpr: float | None,
+    errors: str,
+) -> list[list[Any]]:
+    x = chunk.features(feature_names)
+    finite = np.isfinite(x.astype(np.float32)).all(axis=1)  # the model reads float32
+    if not finite.all() and errors == "raise":
+        bad = chunk.start + np.flatnonzero(~finite)
+        raise ValueError(
+            f"{len(bad)} row(s) hold NaN or Inf features (rows {_rows_text(bad)}, counted from "
+            "the start of the file); pass --errors coerce to score them anyway (flagged as "
+            "anomalies, status non_finite_input)"
+        )
+    n = len(chunk)
+    cols = {c: np.full(n, np.nan) for c in ("log_prob", "score", "percentile", "p_value")}
+    is_anomaly = np.ones(n, dtype=bool)
+    if finite.any():
+        result = client.score(x[finite], fpr=fpr)
+        for name in ("log_prob", "score", "percentile", "p_value"):
+            value = getattr(result, name)
+            if value is not None:
+                cols[name][finite] = value
+        is_anomaly[finite] = result.is_anomaly
+    ids = [chunk.columns[c] for c in id_columns]
+    out = []
+    for i in range(n):
+        numbers = [_cell(cols[c][i]) for c in ("log_prob", "score", "percentile", "p_value")]
+        status = STATUS_OK if finite[i] else STATUS_NON_FINITE_INPUT
+        out.append([*(_cell(col[i]) for col in ids), *numbers, bool(is_anomaly[i]), status])
+    return out
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return value
 
 
 def score_file(
     client: FlowClient,
-    chunks: Iterator[Any],
+    chunks: Iterator[Chunk],
     out: IO[str],
     *,
-    id_column: str | None = None,
+    id_columns: Sequence[str] = (),
     fpr: float | None = None,
+    errors: str = "raise",
     concurrency: int = 1,
     progress: Any = None,
 ) -> int:
     """Score every chunk and append CSV rows to ``out`` in input order; returns the row count."""
-    import pandas as pd
-
-    def score(chunk: pd.DataFrame) -> pd.DataFrame:
-        result = client.score(chunk, fpr=fpr)
-        frame = result.to_frame()
-        if id_column is not None:
-            frame.insert(0, id_column, chunk[id_column].to_numpy())
-        return frame
-
+    ids = list(id_columns)
+    feature_names = client.feature_names()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*ids, *OUTPUT_COLUMNS])
     rows = 0
-    header = True
     # A bounded window of futures, consumed in submission order, keeps output order and memory.
     with ThreadPoolExecutor(max_workers=max(concurrency, 1)) as pool:
-        pending: deque[Future[pd.DataFrame]] = deque()
+        pending: deque[Future[list[list[Any]]]] = deque()
         for chunk in chunks:
-            if id_column is not None and id_column not in chunk.columns:
-                raise ValueError(f"--id-column {id_column!r} is not a column of the input")
-            pending.append(pool.submit(score, chunk))
+            for name in ids:
+                if name not in chunk.columns:
+                    raise ValueError(f"--id-column {name!r} is not a column of the input")
+            pending.append(
+                pool.submit(_score_chunk, client, chunk, feature_names, ids, fpr, errors)
+            )
             while len(pending) >= max(concurrency, 1):
-                rows += _write(pending.popleft().result(), out, header, progress)
-                header = False
+                rows += _write(pending.popleft().result(), writer, progress)
         while pending:
-            rows += _write(pending.popleft().result(), out, header, progress)
-            header = False
+            rows += _write(pending.popleft().result(), writer, progress)
     return rows
 
 
-def _write(frame: Any, out: IO[str], header: bool, progress: Any) -> int:
-    frame.to_csv(out, header=header, index=False)
+def _write(lines: list[list[Any]], writer: Any, progress: Any) -> int:
+    writer.writerows(lines)
     if progress is not None:
-        progress.update(len(frame))
-    return len(frame)
+        progress.update(len(lines))
+    return len(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,8 +329,9 @@ def run(args: argparse.Namespace) -> int:
                 client,
                 chunks,
                 out,
-                id_column=args.id_column,
+                id_columns=args.id_column,
                 fpr=args.fpr,
+                errors=args.errors,
                 concurrency=args.concurrency,
                 progress=progress,
             )
