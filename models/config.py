@@ -16,6 +16,7 @@ The resolved config is saved with every artifact (``config.yaml`` and the manife
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "AUTO_FAMILY",
+    "CALIBRATION_METHODS",
     "DEFAULT_FAMILY",
     "FAMILY_DEFAULTS",
     "ConfigError",
@@ -33,8 +36,14 @@ __all__ = [
     "resolve_config",
 ]
 
-# Chosen from measured test NLL and time on the sensors demo set (docs/training.md).
-DEFAULT_FAMILY = "realnvp"
+# "auto" races candidate families and sizes on validation NLL (flowserve.models.selection);
+# an explicit family skips the race.
+DEFAULT_FAMILY = "auto"
+AUTO_FAMILY = "auto"
+
+# With a time budget and no --epochs, the epoch count is only a safety cap.
+BUDGET_EPOCH_CAP = 100_000
+CALIBRATION_METHODS = ("auto", "split", "cross-fit")
 
 # Per-family overrides of the generic defaults in TrainConfig; flow options go under "params".
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -63,16 +72,20 @@ class TrainConfig:
     layers: int | None = None  # None: the family's default
     hidden: int | None = None
     params: dict[str, Any] = field(default_factory=dict)  # family-specific flow options
-    epochs: int = 100
-    batch_size: int = 256
+    epochs: int | None = None  # None: 100, or BUDGET_EPOCH_CAP under a time budget
+    batch_size: int | None = None  # None: scaled to the training rows (batch_size_for)
     lr: float = 1e-3
     weight_decay: float = 0.0
-    scheduler: str = "cosine"  # cosine | plateau | none
+    scheduler: str = "cosine"  # cosine (on the share of the budget or epochs used) | plateau | none
     grad_clip: float = 5.0
-    patience: int = 10  # early-stopping epochs without a better validation NLL
+    patience: int = 20  # early-stopping epochs without a better validation NLL
     seed: int = 0
+    time_budget: float | None = None  # wall-clock seconds for everything before export
+    threads: int = 1  # torch intra-op threads while training (small flows: 1 is fastest)
+    calibration: str = "auto"  # auto | split | cross-fit (flowserve.models.calibrate)
+    calibration_folds: int = 5
     max_rows: int | None = None
-    val_fraction: float = 0.1
+    val_fraction: float | None = None  # None: sized for the table (data.split_indices)
     test_fraction: float = 0.1
     nan_policy: str = "drop"
     accelerator: str = "auto"
@@ -82,8 +95,25 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.epochs is None or self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (
+                self.batch_size is None or self.batch_size >= 1,
+                f"batch_size must be >= 1, got {self.batch_size}",
+            ),
+            (
+                self.time_budget is None or self.time_budget > 0,
+                f"time_budget must be > 0 seconds, got {self.time_budget}",
+            ),
+            (self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
+            (
+                self.calibration in CALIBRATION_METHODS,
+                f"calibration must be one of {', '.join(CALIBRATION_METHODS)}, "
+                f"got {self.calibration!r}",
+            ),
+            (
+                self.calibration_folds >= 2,
+                f"calibration_folds must be >= 2, got {self.calibration_folds}",
+            ),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
@@ -105,6 +135,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def max_epochs(self) -> int:
+        """The epoch cap: ``epochs`` if set, else 100 (or a safety cap under a time budget)."""
+        if self.epochs is not None:
+            return self.epochs
+        return BUDGET_EPOCH_CAP if self.time_budget is not None else 100
+
+    def batch_size_for(self, rows: int) -> int:
+        """``batch_size`` if set, else about 1/16 of the training rows as a power of two in
+        [32, 512]: small tables get enough steps per epoch, large ones efficient batches."""
+        if self.batch_size is not None:
+            return self.batch_size
+        target = max(rows, 1) / 16
+        return int(min(512, max(32, 2 ** round(math.log2(max(target, 1.0))))))
 
 
 _KEYS = {f.name for f in fields(TrainConfig)}

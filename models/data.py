@@ -28,6 +28,7 @@ manifest; the family decides it, see :func:`flowserve.models.preprocess.data_kin
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,8 @@ def _select(
         frame = frame[[c for c in columns if c != id_column]]
     elif id_column:
         frame = frame.drop(columns=[id_column])
+    if not columns:
+        _warn_identifier_columns(frame, source)
     if frame.shape[1] == 0:
         raise DataError(f"{source}: no feature columns left to train on")
     if frame.shape[0] == 0:  # checked first: a header-only CSV has untyped (object) columns
@@ -152,6 +155,26 @@ def _select(
             "drop them with --columns or mark an identifier with --id-column"
         )
     return frame
+
+
+# Column names that usually hold row identifiers, not measurements.
+_ID_NAME = re.compile(r"^(id|index|key|uuid|row|row_?num(ber)?|unnamed: ?\d+)$|(^|_)id$", re.I)
+
+
+def _warn_identifier_columns(frame: pd.DataFrame, source: str) -> None:
+    """Warn when a numeric column named like a row identifier (``id``, ``*_id``) would be
+    trained as a feature: a density over identifiers flags every new id as an anomaly."""
+    suspects = [
+        c for c in frame.columns if _ID_NAME.search(str(c)) and frame[c].dtype.kind in "iuf"
+    ]
+    if suspects:
+        names = ", ".join(repr(c) for c in suspects)
+        warnings.warn(
+            f"{source}: column(s) {names} look like row identifiers but are trained as "
+            f"features; exclude one with --id-column {suspects[0]} or choose --columns",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def table_from_array(

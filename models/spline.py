@@ -21,7 +21,7 @@ from flowserve.models.autoregressive import (
     check_hparams,
 )
 from flowserve.models.base import Chain, Flow, StandardNormal, Transform, register_family
-from flowserve.models.nets import mlp
+from flowserve.models.nets import mlp, soft_clamp
 
 __all__ = [
     "MIN_BIN_HEIGHT",
@@ -215,6 +215,9 @@ class SplineCoupling(Transform):
     def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         first, second = x[:, : self.split], x[:, self.split :]
         cond, target = (second, first) if self.swap else (first, second)
+        # Bounded conditioner inputs: rows far outside the spline's interval cannot push the
+        # network into saturated (near-zero derivative) splines.
+        cond = soft_clamp(cond, self.spline.bound)
         params = self.net(cond).reshape(x.shape[0], self.n_target, self.spline.num_params)
         f = self.spline.inverse if inverse else self.spline.forward
         out, ld = f(target, params)

@@ -22,13 +22,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from flowserve.artifact import Manifest, Metrics, next_version
 from flowserve.models.base import FAMILIES, Flow, build_flow, families
+from flowserve.models.budget import Budget, ScheduleCallback, Slice, preserved_global_state
+from flowserve.models.calibrate import CalibrationScores, calibration_scores, choose_method
 from flowserve.models.config import (
+    AUTO_FAMILY,
     ConfigError,
     TrainConfig,
     flow_hparams,
@@ -64,15 +70,18 @@ from flowserve.models.report import write_report
 
 __all__ = [
     "FitResult",
+    "FittedModel",
     "FlowDataModule",
     "FlowModule",
     "TrainResult",
     "TrainingError",
     "build_model",
+    "check_family",
     "data_dependent_init",
     "evaluate_nll",
     "export_trained",
     "fit_flow",
+    "fit_model",
     "train",
 ]
 
@@ -153,9 +162,8 @@ class FlowModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         cfg = self.config
         opt = torch.optim.Adam(self.flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if cfg.scheduler == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        # "cosine" is set per step by ScheduleCallback, on the share of the budget (or of the
+        # epochs) used; "none" keeps the learning rate.
         if cfg.scheduler == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt, factor=0.5, patience=max(1, cfg.patience // 3)
@@ -171,6 +179,24 @@ class FlowModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("history", []))
+
+
+class BestWeights(L.Callback):
+    """Keeps, in memory, the weights of the epoch with the lowest finite validation NLL."""
+
+    def __init__(self) -> None:
+        self.value = math.inf
+        self.epoch: int | None = None
+        self.state: dict[str, Tensor] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = float(trainer.callback_metrics.get("val_nll", math.nan))
+        if math.isfinite(value) and value < self.value:
+            self.value = value
+            self.epoch = int(trainer.current_epoch)
+            self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
 
 class FlowDataModule(L.LightningDataModule):
@@ -227,7 +253,8 @@ def build_model(config: TrainConfig, prepared: PreparedData) -> Flow:
     """Build ``config.family`` with its hyper-parameters and the preprocessing of its kind of
     data (:mod:`flowserve.models.preprocess`: the fitted standardization for real columns)."""
     if config.family not in FAMILIES:
-        raise ConfigError(f"unknown flow family {config.family!r}; known: {', '.join(families())}")
+        check_family(config.family)
+        raise ConfigError("family 'auto' is chosen by fit_model, not built directly")
     hparams = flow_hparams(config, FAMILIES[config.family])
     kind = data_kind_of(config.family)
     if prepared.data_kind != kind:
@@ -290,31 +317,55 @@ def fit_flow(
     *,
     resume: Path | None = None,
     progress: bool = True,
+    seconds: float | None = None,
+    init: bool = True,
 ) -> FitResult:
-    """Fit ``flow`` on ``prepared`` with Lightning and load the best checkpoint's weights."""
+    """Fit ``flow`` on ``prepared`` with Lightning and load the best checkpoint's weights.
+
+    ``seconds`` limits this fit's wall clock (the learning-rate schedule runs on the share of it
+    used, and the fit ends at the last epoch that fits); ``config.max_epochs`` caps the epochs
+    either way. ``init=False`` continues from the flow's current weights without the
+    data-dependent initialization (a further round of a race).
+    """
     started = time.perf_counter()
     if resume is not None and not Path(resume).is_file():
         raise ConfigError(f"{resume}: no such checkpoint to resume from")
     L.seed_everything(config.seed, workers=True, verbose=False)
-    data_dependent_init(flow, prepared.train)
+    if init:
+        data_dependent_init(flow, prepared.train)
     module = FlowModule(flow, config)
-    best = ModelCheckpoint(
-        dirpath=checkpoint_dir, filename="best", monitor="val_nll", mode="min", save_top_k=1
+    batch_size = config.batch_size_for(len(prepared.train))
+    schedule = ScheduleCallback(Slice(seconds, config.max_epochs), config.lr, config.scheduler)
+    # In-process strategies keep the best epoch's weights in memory (a checkpoint file per
+    # improving epoch costs more than a small table's epoch) and write best.ckpt and last.ckpt
+    # at the end, last.ckpt also every minute for --resume after an interruption. Strategies
+    # that train in child processes (ddp_spawn, ddp_fork) hand results back through files.
+    in_process = not any(word in str(config.strategy) for word in ("spawn", "fork"))
+    best: L.Callback = (
+        BestWeights()
+        if in_process
+        else ModelCheckpoint(
+            dirpath=checkpoint_dir, filename="best", monitor="val_nll", mode="min", save_top_k=1
+        )
     )
-    # Lightning's save_last only saves on epochs that improved; "last" must be every epoch
-    # (for --resume and for the full loss history).
     last = ModelCheckpoint(
-        dirpath=checkpoint_dir, filename="last", save_top_k=1, enable_version_counter=False
+        dirpath=checkpoint_dir,
+        filename="last",
+        save_top_k=1,
+        enable_version_counter=False,
+        train_time_interval=timedelta(seconds=60) if in_process else None,
     )
     callbacks: list[L.Callback] = [
+        schedule,
         best,
         last,
         EarlyStopping(monitor="val_nll", mode="min", patience=config.patience, check_finite=True),
     ]
     if progress:
         callbacks.append(TQDMProgressBar(leave=True))
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     trainer = L.Trainer(
-        max_epochs=config.epochs,
+        max_epochs=config.max_epochs,
         accelerator=config.accelerator,
         devices=_devices(config.devices),
         strategy=config.strategy,
@@ -328,7 +379,7 @@ def fit_flow(
         num_sanity_val_steps=0,
         default_root_dir=checkpoint_dir,
     )
-    data = FlowDataModule(prepared.train, prepared.val, config.batch_size, config.seed)
+    data = FlowDataModule(prepared.train, prepared.val, batch_size, config.seed)
     with warnings.catch_warnings():
         # Tiny tabular data: Lightning's advice on dataloader workers does not apply.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -336,35 +387,50 @@ def fit_flow(
         warnings.filterwarnings("ignore", category=FutureWarning, module="lightning")
         # Resuming into a new version's checkpoint directory is intended.
         warnings.filterwarnings("ignore", message="The dirpath has changed from")
-        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
-    best_path = Path(best.best_model_path) if best.best_model_path else None
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+        # The progress bar (tqdm writes to stdout) goes to stderr: stdout carries results only.
+        with contextlib.redirect_stdout(sys.stderr):
+            trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
     last_path = checkpoint_dir / "last.ckpt"
-    history: list[dict[str, float]] = []
-    best_epoch = None
+    best_path = checkpoint_dir / "best.ckpt"
+    if isinstance(best, BestWeights):
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(last_path)
+        history = list(module.history)
+        state, best_epoch = best.state, best.epoch
+    else:
+        state, best_epoch, history = _read_checkpoints(Path(best.best_model_path or ""), last_path)
+    if state is None:
+        raise TrainingError(
+            "training produced no finite validation NLL (the loss diverged); "
+            "try a lower --lr or a smaller model"
+        )
+    module.load_state_dict(state)
+    if isinstance(best, BestWeights):
+        trainer.save_checkpoint(best_path)
     flow = flow.cpu()
-    if trainer.is_global_zero:
-        if best_path is None or not best_path.is_file():
-            raise TrainingError(
-                "training produced no finite validation NLL (the loss diverged); "
-                "try a lower --lr or a smaller model"
-            )
-        ckpt = torch.load(best_path, map_location="cpu", weights_only=False)
-        module.load_state_dict(ckpt["state_dict"])
-        best_epoch = int(ckpt["epoch"])
-        if last_path.is_file():
-            history = torch.load(last_path, map_location="cpu", weights_only=False)["history"]
-        else:
-            history = list(ckpt.get("history", []))
     flow.eval()
     return FitResult(
         flow=flow,
         history=history,
         best_epoch=best_epoch,
-        best_checkpoint=best_path,
+        best_checkpoint=best_path if best_path.is_file() else None,
         last_checkpoint=last_path if last_path.is_file() else None,
         is_global_zero=trainer.is_global_zero,
         seconds=time.perf_counter() - started,
     )
+
+
+def _read_checkpoints(
+    best: Path, last: Path
+) -> tuple[dict[str, Tensor] | None, int | None, list[dict[str, float]]]:
+    """The best weights, their epoch and the loss history, from checkpoint files."""
+    if not best.is_file():
+        return None, None, []
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    source = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else ckpt
+    return ckpt["state_dict"], int(ckpt["epoch"]), list(source.get("history", []))
 
 
 def _metrics(flow: Flow, prepared: PreparedData, fit: FitResult) -> dict[str, Any]:
@@ -409,8 +475,14 @@ def export_trained(
     version: int | None = None,
     *,
     torchscript: bool = True,
+    calibration: CalibrationScores | None = None,
+    leaderboard: list[dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Write the report and the artifact to ``out/name/version`` (the next free version).
+
+    ``calibration`` holds the conformal calibration scores (default: the test split, scored by
+    the exported graphs); ``leaderboard`` the model-selection race, saved in the report and in
+    the manifest's ``training_config["selection"]``.
 
     Everything is written to a staging directory that is renamed into place only after the
     export verified itself, so a failed export never leaves a half-written version behind.
@@ -429,6 +501,9 @@ def export_trained(
         config_dict = config.to_dict()
         config_dict["flow"] = {"family": flow.family, **flow.hparams}
         config_dict["data"] = {"source": prepared.source, "feature_names": prepared.feature_names}
+        if leaderboard:
+            config_dict["selection"] = {"method": "successive-halving", "leaderboard": leaderboard}
+        calibration = calibration or CalibrationScores(None, "split")
         write_report(
             staging,
             metrics=metrics,
@@ -464,12 +539,91 @@ def export_trained(
             ),
             training_config=config_dict,
             torchscript=torchscript,
+            calibration_log_probs=calibration.log_probs,
+            calibration_method=calibration.method,
         )
         staging.rename(final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return TrainResult(final, manifest, metrics, config_dict, list(fit.history))
+
+
+def check_family(family: str) -> None:
+    """Raise :class:`ConfigError` unless ``family`` is ``auto`` or a registered family."""
+    if family != AUTO_FAMILY and family not in FAMILIES:
+        known = ", ".join([AUTO_FAMILY, *families()])
+        raise ConfigError(f"unknown flow family {family!r}; known: {known}")
+
+
+# Share of a time budget kept for cross-fitted calibration when that is the method.
+CALIBRATION_SHARE = 0.2
+
+
+@dataclass
+class FittedModel:
+    """What :func:`fit_model` produced: the chosen config, the fit, the calibration scores and
+    the model-selection leaderboard (empty for an explicit family)."""
+
+    config: TrainConfig
+    fit: FitResult
+    calibration: CalibrationScores
+    leaderboard: list[dict[str, Any]]
+
+
+def fit_model(
+    prepared: PreparedData,
+    config: TrainConfig,
+    checkpoint_dir: Path,
+    *,
+    budget: Budget | None = None,
+    resume: Path | None = None,
+    progress: bool = True,
+) -> FittedModel:
+    """Everything between prepared data and export, inside ``budget``: model selection
+    (``family="auto"``) or one fit, then the calibration scores."""
+    from flowserve.models.selection import race
+
+    budget = budget or Budget(None)
+    cross_fit = choose_method(config, prepared) == "cross-fit"
+    share = 1.0 - (CALIBRATION_SHARE if cross_fit else 0.0)
+    seconds = None if budget.seconds is None else budget.remaining() * share
+    leaderboard: list[dict[str, Any]] = []
+    if config.family == AUTO_FAMILY:
+        result = race(prepared, config, checkpoint_dir, seconds=seconds, progress=progress)
+        config, fit, leaderboard = result.config, result.fit, result.leaderboard
+    else:
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        flow = build_model(config, prepared)
+        fit = fit_flow(
+            flow,
+            prepared,
+            config,
+            checkpoint_dir,
+            resume=resume,
+            progress=progress,
+            seconds=seconds,
+        )
+    calibration = CalibrationScores(None, "split")
+    if fit.is_global_zero:
+        chosen = config
+
+        def build() -> Flow:
+            L.seed_everything(chosen.seed + 1, workers=True, verbose=False)
+            return build_model(chosen, prepared)
+
+        epochs = max(len(fit.history), 1)
+        calibration = calibration_scores(
+            fit.flow,
+            prepared,
+            config,
+            history=fit.history,
+            best_epoch=fit.best_epoch,
+            seconds_per_epoch=fit.seconds / epochs,
+            seconds_left=None if budget.seconds is None else budget.remaining(),
+            build=build,
+        )
+    return FittedModel(config, fit, calibration, leaderboard)
 
 
 def train(
@@ -517,37 +671,59 @@ def train(
     if params:
         overrides["params"] = dict(params)
     config = resolve_config(file_values, overrides)
-    if config.family not in FAMILIES:
-        raise ConfigError(f"unknown flow family {config.family!r}; known: {', '.join(families())}")
-    prepared = prepare_data(
-        data,
-        columns=columns,
-        id_column=id_column,
-        nan_policy=config.nan_policy,  # type: ignore[arg-type]
-        max_rows=config.max_rows,
-        val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
-        seed=config.seed,
-        source=source,
-        data_kind=data_kind_of(config.family),
-    )
-    out = Path(out)
-    if version is not None and (out / name / str(version)).exists():
-        raise ConfigError(f"{out / name / str(version)} already exists; choose another --version")
-    planned = next_version(out, name) if version is None else version
-    if checkpoint_dir is not None:
-        ckpt_dir = Path(checkpoint_dir)
-    else:
-        ckpt_dir = out / name / ".checkpoints" / str(planned)
-        resuming_here = resume is not None and ckpt_dir.resolve() in Path(resume).resolve().parents
-        if "LOCAL_RANK" not in os.environ and ckpt_dir.exists() and not resuming_here:
-            # A leftover of an interrupted run for this version: keep checkpoint names stable.
-            shutil.rmtree(ckpt_dir)
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    flow = build_model(config, prepared)
-    fit = fit_flow(
-        flow, prepared, config, ckpt_dir, resume=Path(resume) if resume else None, progress=progress
-    )
-    if not fit.is_global_zero:
-        return None
-    return export_trained(fit, prepared, config, out, name, planned, torchscript=torchscript)
+    check_family(config.family)
+    if resume is not None and not Path(resume).is_file():
+        raise ConfigError(f"{resume}: no such checkpoint to resume from")
+    if resume is not None and config.family == AUTO_FAMILY:
+        raise ConfigError("--resume continues one model: give its --family (not auto)")
+    with preserved_global_state(threads=config.threads):
+        budget = Budget(config.time_budget)
+        prepared = prepare_data(
+            data,
+            columns=columns,
+            id_column=id_column,
+            nan_policy=config.nan_policy,  # type: ignore[arg-type]
+            max_rows=config.max_rows,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+            seed=config.seed,
+            source=source,
+            data_kind=data_kind_of(config.family),
+        )
+        out = Path(out)
+        if version is not None and (out / name / str(version)).exists():
+            raise ConfigError(
+                f"{out / name / str(version)} already exists; choose another --version"
+            )
+        planned = next_version(out, name) if version is None else version
+        if checkpoint_dir is not None:
+            ckpt_dir = Path(checkpoint_dir)
+        else:
+            ckpt_dir = out / name / ".checkpoints" / str(planned)
+            resuming_here = (
+                resume is not None and ckpt_dir.resolve() in Path(resume).resolve().parents
+            )
+            if "LOCAL_RANK" not in os.environ and ckpt_dir.exists() and not resuming_here:
+                # A leftover of an interrupted run for this version: keep checkpoint names stable.
+                shutil.rmtree(ckpt_dir)
+        model = fit_model(
+            prepared,
+            config,
+            ckpt_dir,
+            budget=budget,
+            resume=Path(resume) if resume else None,
+            progress=progress,
+        )
+        if not model.fit.is_global_zero:
+            return None
+        return export_trained(
+            model.fit,
+            prepared,
+            model.config,
+            out,
+            name,
+            planned,
+            torchscript=torchscript,
+            calibration=model.calibration,
+            leaderboard=model.leaderboard,
+        )

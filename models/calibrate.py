@@ -1,0 +1,153 @@
+"""Calibration scores for conformal anomaly decisions: rows the scoring model never trained on.
+
+Two methods (``--calibration``):
+
+- ``split``: the test split, scored by the served model. Those rows took no part in training,
+  early stopping or model selection, so for exchangeable data a flag at rate ``alpha`` fires on
+  at most ``alpha`` of normal rows, in finite samples. Chosen by ``auto`` when the test split
+  has at least :data:`SPLIT_MIN_ROWS` rows.
+- ``cross-fit`` (small tables): ``K`` fold models, each trained on the training rows minus one
+  fold with the served model's recipe (same family and size, batch size and per-epoch learning
+  rates up to its best epoch), score the fold they left out; the test split adds its scores
+  under the served model. Every training row then serves as a calibration row, so the
+  attainable false-positive rate ``1/(n+1)`` is small even for a few hundred rows. The guarantee
+  is that of cross-conformal prediction: approximate (each fold model is close to, not the
+  same as, the served model), exact only for ``split``.
+
+The fold models' cost is predicted from the served model's measured seconds per epoch; under a
+time budget, ``K`` shrinks to fit what is left (down to 2), and below that the method falls back
+to ``split`` with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from flowserve.models.base import Flow
+from flowserve.models.config import TrainConfig
+from flowserve.models.data import PreparedData
+
+__all__ = ["SPLIT_MIN_ROWS", "CalibrationScores", "calibration_scores", "choose_method"]
+
+log = logging.getLogger(__name__)
+
+# ``auto`` uses the test split alone when it has at least this many rows.
+SPLIT_MIN_ROWS = 500
+
+
+@dataclass(frozen=True)
+class CalibrationScores:
+    """Held-out log-likelihoods for the calibration (``None``: export scores the test split
+    with ONNX Runtime itself) and the method that produced them."""
+
+    log_probs: np.ndarray | None
+    method: str
+    folds: int | None = None
+
+
+def choose_method(config: TrainConfig, prepared: PreparedData) -> str:
+    """``config.calibration``, with ``auto`` resolved by the size of the test split."""
+    if config.calibration != "auto":
+        return config.calibration
+    return "split" if len(prepared.test) >= SPLIT_MIN_ROWS else "cross-fit"
+
+
+@torch.no_grad()
+def _log_probs(flow: Flow, rows: np.ndarray) -> np.ndarray:
+    flow.eval()
+    out = [
+        flow.log_prob(torch.from_numpy(np.ascontiguousarray(rows[i : i + 4096]))).double().numpy()
+        for i in range(0, len(rows), 4096)
+    ]
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _fold_model(
+    flow: Flow, rows: np.ndarray, config: TrainConfig, lrs: list[float], seed: int
+) -> Flow:
+    """Train the freshly built ``flow`` on ``rows``, one epoch per learning rate in ``lrs``
+    (Adam, the run's batch size, weight decay and gradient clipping)."""
+    from flowserve.models.training import data_dependent_init
+
+    torch.manual_seed(seed)
+    data_dependent_init(flow, rows)
+    flow.train()
+    opt = torch.optim.Adam(flow.parameters(), lr=lrs[0], weight_decay=config.weight_decay)
+    x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+    batch = config.batch_size_for(len(rows))
+    gen = torch.Generator().manual_seed(seed)
+    for lr in lrs:
+        for group in opt.param_groups:
+            group["lr"] = lr
+        order = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), batch):
+            idx = order[start : start + batch]
+            if len(idx) < 2:
+                continue
+            loss = -flow.log_prob(x[idx]).mean()
+            if not torch.isfinite(loss):
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(flow.parameters(), config.grad_clip)
+            opt.step()
+    return flow.eval()
+
+
+def calibration_scores(
+    flow: Flow,
+    prepared: PreparedData,
+    config: TrainConfig,
+    *,
+    history: list[dict[str, float]],
+    best_epoch: int | None,
+    seconds_per_epoch: float,
+    seconds_left: float | None,
+    build: Callable[[], Flow],
+) -> CalibrationScores:
+    """The calibration log-likelihoods for ``flow`` by :func:`choose_method`.
+
+    ``build()`` returns a freshly initialized model of the served family and size (fold models
+    start from it); ``history`` and ``best_epoch`` give the learning rate per epoch to replay.
+    """
+    method = choose_method(config, prepared)
+    if method == "split":
+        return CalibrationScores(None, "split")
+    epochs = (best_epoch or 0) + 1
+    lrs = [float(row.get("lr", config.lr)) for row in history[:epochs]] or [config.lr]
+    folds = config.calibration_folds
+    n = len(prepared.train)
+    if n < 2 * folds:
+        folds = max(2, n // 10)
+    # Each fold model trains on (K-1)/K of the rows for the same epochs.
+    per_fold = seconds_per_epoch * len(lrs) * (folds - 1) / folds
+    if seconds_left is not None and math.isfinite(seconds_left):
+        affordable = int(seconds_left // max(per_fold, 1e-9))
+        if affordable < folds:
+            folds = affordable
+    if folds < 2 or n < 20:
+        warnings.warn(
+            "not enough time left in the budget for cross-fitted calibration; calibrating on "
+            f"the {len(prepared.test)} test rows (lowest attainable false-positive rate "
+            f"{1 / (len(prepared.test) + 1):.3g}); a larger --time-budget helps",
+            stacklevel=2,
+        )
+        return CalibrationScores(None, "split")
+    order = np.random.default_rng(config.seed + 7).permutation(n)
+    oof = np.empty(n, dtype=np.float64)
+    for k, held in enumerate(np.array_split(order, folds)):
+        keep = np.setdiff1d(order, held)
+        model = _fold_model(build(), prepared.train[keep], config, lrs, config.seed + 100 + k)
+        oof[held] = _log_probs(model, prepared.train[held])
+    test = _log_probs(flow, prepared.test) if len(prepared.test) else np.zeros(0)
+    scores = np.concatenate([oof, test])
+    log.info("cross-fitted calibration: %d folds, %d scores", folds, scores.size)
+    return CalibrationScores(scores, "cross-fit", folds)
