@@ -62,10 +62,28 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
 
+def _supervisor() -> type:
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        """uvicorn's worker supervisor, passing a second SIGTERM or SIGINT on to the workers
+        while they drain (uvicorn's own stops listening once it has sent the first)."""
+
+        def join_all(self) -> None:
+            for worker in self.processes:
+                process = getattr(worker, "process", worker)
+                while process.is_alive():
+                    process.join(0.5)
+                    if self.signal_queue:
+                        self.signal_queue.clear()
+                        self.terminate_all()
+
+    return Supervisor
+
+
 def serve(settings: ServiceSettings, app: Any) -> int:
     """Serve ``app`` (an app, or with several workers the import string of its factory)."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     extra: dict[str, Any] = {}
     if settings.log_format == "json":
@@ -85,7 +103,7 @@ def serve(settings: ServiceSettings, app: Any) -> int:
     )
     config.header_timeout_s = settings.header_timeout_s  # type: ignore[attr-defined]
     if settings.workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        _supervisor()(config, sockets=[config.bind_socket()]).run()
         return 0
     # uvicorn re-raises the signal that stopped it once it has shut down; with this handler in
     # place that ends in a normal return and exit status 0, as with several workers.
