@@ -41,6 +41,7 @@ __all__ = [
 JSON_TYPE = "application/json"
 NPY_TYPE = "application/x-npy"
 _SHOW = 10  # row indices listed in an error message
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def body_kind(content_type: str | None, *, binary_ok: bool = True) -> Literal["json", "npy"]:
@@ -162,6 +163,14 @@ def _as_rows(arr: np.ndarray, manifest: Manifest, what: str) -> np.ndarray:
         raise InvalidInput(f"{what} is empty: send at least one row")
     with np.errstate(over="ignore"):  # overflow becomes Inf, reported by check_finite
         rows = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.dtype == np.float64:
+        # Values just above float32's largest round down to it instead of overflowing:
+        # mark them too, so "beyond float32 range" means exactly that.
+        with np.errstate(invalid="ignore"):
+            beyond = np.abs(arr) > _FLOAT32_MAX
+        if beyond.any():
+            rows = rows.copy()
+            rows[beyond] = np.inf
     check_finite(rows, what)
     return rows
 

@@ -22,7 +22,14 @@ from fastapi.openapi.utils import get_openapi
 
 from .limits import JSON_SLACK
 from .repository import ModelSnapshot
-from .schemas import DecodeRequest, ErrorBody, RowsRequest, SampleRequest, ScoreRequest
+from .schemas import (
+    DecodeRequest,
+    ErrorBody,
+    ExplainRequest,
+    RowsRequest,
+    SampleRequest,
+    ScoreRequest,
+)
 from .state import ServiceState
 from .v2_schemas import V2_BODY_SCHEMAS
 
@@ -30,12 +37,13 @@ __all__ = ["openapi_document"]
 
 # Request bodies parsed by the routes themselves; their schemas are added to the document.
 _BODY_SCHEMAS = (
-    RowsRequest, ScoreRequest, DecodeRequest, SampleRequest, ErrorBody, *V2_BODY_SCHEMAS
+    RowsRequest, ScoreRequest, DecodeRequest, SampleRequest, ExplainRequest, ErrorBody,
+    *V2_BODY_SCHEMAS,
 )  # fmt: skip
-_ROW_BODIES = ("RowsRequest", "ScoreRequest", "DecodeRequest")
+_ROW_BODIES = ("RowsRequest", "ScoreRequest", "DecodeRequest", "ExplainRequest")
 _FLOAT32_MAX = 3.4028234663852886e38
 _NUMBER = {"type": "number", "minimum": -_FLOAT32_MAX, "maximum": _FLOAT32_MAX}
-_MODEL_ROUTES = ("log_prob", "score", "encode", "decode", "sample")
+_MODEL_ROUTES = ("log_prob", "score", "explain", "encode", "decode", "sample")
 
 
 def _width(snapshot: ModelSnapshot, name: str | None) -> tuple[int, list[str]] | None:
@@ -50,7 +58,7 @@ def _inputs(dim: int | None, names: list[str] | None, named: bool, max_rows: int
     row: dict[str, Any] = {"type": "array", "items": _NUMBER}
     if dim is not None:
         row |= {"minItems": dim, "maxItems": dim}
-    variants = [row]
+    variants = [row]  # every row a list, or (where names are accepted) every row an object
     if named:
         obj: dict[str, Any] = {"type": "object", "additionalProperties": _NUMBER}
         if names is not None:
@@ -61,13 +69,12 @@ def _inputs(dim: int | None, names: list[str] | None, named: bool, max_rows: int
                 "additionalProperties": False,
             }
         variants.append(obj)
+    arrays = [{"type": "array", "items": v, "minItems": 1, "maxItems": max_rows} for v in variants]
     return {
-        "type": "array",
-        "items": variants[0] if len(variants) == 1 else {"anyOf": variants},
-        "minItems": 1,
-        "maxItems": max_rows,
+        **(arrays[0] if len(arrays) == 1 else {"anyOf": arrays}),
         "description": "rows of the model's width"
-        + (f" ({dim}: {names})" if dim is not None else " (see GET /models: dim)"),
+        + (f" ({dim}: {names})" if dim is not None else " (see GET /models: dim)")
+        + "; all lists of numbers, or all objects keyed by feature name",
     }
 
 

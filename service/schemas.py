@@ -113,7 +113,9 @@ class ScoreResponse(ModelAnswer):
     threshold: float = Field(description="log-likelihood below which a row is an anomaly")
     log_prob: list[float | None]
     score: list[float | None] = Field(description="-log_prob")
-    percentile: list[float] = Field(description="0-100: share of held-out rows more likely")
+    percentile: list[float | None] = Field(
+        description="0-100: share of held-out rows more likely (null where log_prob is NaN)"
+    )
     p_value: list[float] = Field(
         description="conformal p-value (1 + #{calibration scores >= score}) / (n + 1)"
     )
