@@ -39,6 +39,7 @@ import inspect
 import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -291,12 +292,13 @@ class RunResult:
     excess: float | None = None  # nll - true cross-entropy on the same rows
     excess_se: float | None = None  # paired standard error
     true_nll: float | None = None
-    epochs: int | None = None
+    epochs: float | None = None
     seconds: float = math.nan  # wall time of training (the CLI: the whole command)
     params: int | None = None
     family: str = ""
     note: str = ""
     error: str = ""
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)  # flowserve's race
 
 
 def standardizer(train: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -346,10 +348,11 @@ def _peer_model(method: str, dim: int) -> tuple[Any, Callable[[Any, Any], Any]]:
 
 def train_peer(
     method: str, train: np.ndarray, budget: float, seed: int
-) -> tuple[Callable[[np.ndarray], np.ndarray], int, int, str]:
+) -> tuple[Callable[[np.ndarray], np.ndarray], float, int, str]:
     """Train a peer for ``budget`` wall seconds (model construction included) on ``train``.
 
-    Returns the raw-space log-density of rows, the epochs run, the parameter count and a note
+    Returns the raw-space log-density of rows, the epochs run (a fraction where the budget
+    ended inside one), the parameter count and a note
     (non-finite steps skipped, if any). The loop: standardize with the training rows' statistics;
     hold out a validation split; Adam with the learning rate on a cosine over the elapsed share
     of the budget; gradient-norm clipping; the weights with the best validation NLL are kept.
@@ -374,7 +377,7 @@ def train_peer(
             return float(-log_prob(model, x_val).double().mean())
 
     best, best_state = math.inf, copy.deepcopy(model.state_dict())
-    epochs, skipped, last_val = 0, 0, start
+    steps, skipped, last_val = 0, 0, start
     done = False
     while not done:
         for idx in torch.randperm(len(x_fit), generator=gen).split(batch):
@@ -382,6 +385,7 @@ def train_peer(
             if now >= deadline:
                 done = True
                 break
+            steps += 1
             lr = PEER_LR * 0.5 * (1 + math.cos(math.pi * (now - start) / budget))
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -393,8 +397,6 @@ def train_peer(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, PEER_CLIP)
             opt.step()
-        else:
-            epochs += 1
         if done or time.perf_counter() - last_val >= VAL_EVERY * budget:
             last_val = time.perf_counter()
             nll = val_nll()
@@ -409,6 +411,7 @@ def train_peer(
         return np.concatenate(out) + log_det
 
     note = f"{skipped} non-finite steps skipped" if skipped else ""
+    epochs = steps / math.ceil(len(x_fit) / batch)
     return score, epochs, sum(p.numel() for p in params), note
 
 
@@ -422,9 +425,10 @@ def flowserve_estimator(budget: float, seed: int) -> Any:
     return FlowDensityEstimator("maf", epochs=30, seed=seed, progress=False)
 
 
-def _family_label(flow: Any, leaderboard: list[dict[str, Any]] | None) -> str:
-    hp = getattr(flow, "hparams", {}) or {}
-    label = f"{getattr(flow, 'family', '?')} {hp.get('layers', '?')}x{hp.get('hidden', '?')}"
+def _family_label(est: Any, leaderboard: list[dict[str, Any]] | None) -> str:
+    hp = getattr(est.flow_, "hparams", {}) or {}
+    family = getattr(est, "family_", None) or getattr(est.flow_, "family", "?")
+    label = f"{family} {hp.get('layers', '?')}x{hp.get('hidden', '?')}"
     if leaderboard:
         label += f" (of {len(leaderboard)})"
     return label
@@ -443,9 +447,15 @@ def _run_estimator(data: DataSet, budget: float, seed: int) -> tuple[np.ndarray,
         epochs=len(est.history_),
         seconds=seconds,
         params=sum(p.numel() for p in est.flow_.parameters()),
-        family=_family_label(est.flow_, leaderboard),
+        family=_family_label(est, leaderboard),
+        leaderboard=[_plain(row) for row in leaderboard or []],
     )
     return est.score_samples(data.test).astype(np.float64), result
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """A leaderboard row with plain Python values (it crosses a process boundary)."""
+    return {k: v if isinstance(v, str | int | float | None) else str(v) for k, v in row.items()}
 
 
 def _cli_command(csv: Path, out: Path, name: str, budget: float, seed: int) -> list[str]:
@@ -494,6 +504,13 @@ def _run_cli(data: DataSet, budget: float, seed: int) -> tuple[np.ndarray, RunRe
         family = f"{manifest['family']} {hp.get('layers', '?')}x{hp.get('hidden', '?')}"
         if board:
             family += f" (of {len(board)})"
+        note = f"{seconds - budget:+.1f} s over the budget (start-up and export included)"
+        said = re.search(r"([0-9.]+) s training", proc.stdout)
+        if said:
+            note += f"; it reports {said.group(1)} s training"
+        race = re.search(r"^model selection.*$", proc.stdout, re.MULTILINE)
+        if not board and race:
+            board = [{"race": race.group(0)}]
         result = RunResult(
             data.name,
             "flowserve-cli",
@@ -502,7 +519,8 @@ def _run_cli(data: DataSet, budget: float, seed: int) -> tuple[np.ndarray, RunRe
             seconds=seconds,
             params=_torchscript_params(artifact, manifest),
             family=family,
-            note=f"{seconds - budget:+.1f} s over the budget (export included)",
+            note=note,
+            leaderboard=[_plain(row) for row in board or []],
         )
     return np.asarray(log_prob, dtype=np.float64), result
 
@@ -602,6 +620,12 @@ def _fmt(x: float | None, digits: int = 3, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
+def _epochs(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return ""
+    return f"{x:.1f}" if x < 10 else f"{x:.0f}"
+
+
 def _table(summaries: dict[tuple[str, str], Summary], datasets: list[str]) -> list[str]:
     lines = [
         "| data set | method | test NLL ± se | seed range | excess ± se | vs best peer | "
@@ -640,7 +664,7 @@ def _table(summaries: dict[tuple[str, str], Summary], datasets: list[str]) -> li
             params = s.median("params")
             lines.append(
                 f"| {head} | {s.method} | {nll:.3f} ± {se:.3f} | {rng_} | {excess} | {vs} | "
-                f"{_fmt(s.median('epochs'), 0)} | {_fmt(s.median('seconds'), 1)} | "
+                f"{_epochs(s.median('epochs'))} | {_fmt(s.median('seconds'), 1)} | "
                 f"{'' if not math.isfinite(params) else f'{int(params):,}'} | {families} |"
             )
     return lines
@@ -674,6 +698,22 @@ def _verdict(
                 f"  - CLI: NLL {cli.median('nll'):.3f}, `flowserve train` wall "
                 f"{cli.median('seconds'):.1f} s for a {budget:g} s budget (export included)"
             )
+    return lines
+
+
+def _leaderboards(runs: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in runs:
+        if not r["leaderboard"]:
+            continue
+        lines.append(f"{r['dataset']}, seed {r['seed']}, {r['method']}:")
+        lines.append("")
+        cells = [
+            " ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in row.items())
+            for row in r["leaderboard"]
+        ]
+        lines.extend(f"- {c}" for c in cells)
+        lines.append("")
     return lines
 
 
@@ -778,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
             detail = r.error or (
                 f"NLL {r.nll:.3f} ± {r.se:.3f}"
                 + (f"  excess {r.excess:.3f}" if r.excess is not None else "")
-                + f"  {r.epochs} epochs  {r.seconds:.1f} s  {r.params} params  {r.family}"
+                + f"  {_epochs(r.epochs)} epochs  {r.seconds:.1f} s  {r.params} params  {r.family}"
                 + (f"  ({r.note})" if r.note else "")
             )
             print(f"  {r.dataset:14s} seed {r.seed}  {r.method:14s} {detail}", flush=True)
@@ -809,12 +849,17 @@ def main(argv: list[str] | None = None) -> int:
         *(
             f"| {r['dataset']} | {r['seed']} | {r['method']} | {_fmt(r['nll'])} | "
             f"{_fmt(r['se'])} | {_fmt(r['excess'])} | "
-            f"{r['epochs'] if r['epochs'] is not None else ''} | "
+            f"{_epochs(r['epochs'])} | "
             f"{_fmt(r['seconds'], 1)} | {r['params'] or ''} | {r['family']} | "
             f"{r['error'] or r['note']} |"
             for r in runs
         ),
         "",
+        "</details>",
+        "",
+        "<details><summary>flowserve's model-selection races</summary>",
+        "",
+        *_leaderboards(runs),
         "</details>",
     ]
     print("\n" + "\n".join(table) + "\n\n" + "\n".join(verdict))
