@@ -773,6 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel, 1 thread each (1)")
     p.add_argument("--quick", action="store_true", help="3 s budget, 1 seed, 2 data sets")
+    p.add_argument("--note", default="", help="a line for the results file (e.g. machine load)")
     p.add_argument(
         "--out", type=Path, default=None, help="results file (results/density_<budget>s.md)"
     )
@@ -806,6 +807,9 @@ def main(argv: list[str] | None = None) -> int:
         f"NSF {PEER_BINS} bins; Adam lr {PEER_LR:g}, cosine over the budget, "
         f"batch {PEER_BATCH}, clip {PEER_CLIP:g}, {VAL_SHARE:.0%} validation "
         f"(>= {VAL_MIN} rows), best validation weights",
+        f"- flowserve: `FlowDensityEstimator(time_budget=B, n_threads=1, seed=S)`, all else "
+        f"default; `flowserve train --time-budget B --threads 1` on {', '.join(CLI_DATASETS)}",
+        *([f"- note: {args.note}"] if args.note else []),
     ]
     print("\n".join(header), flush=True)
     summaries: dict[tuple[str, str], Summary] = {}
