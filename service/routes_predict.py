@@ -17,15 +17,17 @@ from starlette.responses import Response
 
 from flowserve.conformal import benjamini_hochberg
 
-from . import codec, limits
+from . import codec, explain, limits
 from .drift import drift_window
-from .errors import ApiError, InvalidInput, OutOfRange, from_validation_errors
+from .errors import ApiError, InvalidInput, OutOfRange, TooManyRows, from_validation_errors
 from .repository import ModelVersion
 from .runtime import ScoreResult
 from .schemas import (
     DecodeResponse,
     EncodeResponse,
     ErrorBody,
+    ExplainOptions,
+    ExplainResponse,
     LogProbResponse,
     SampleRequest,
     SampleResponse,
@@ -224,6 +226,55 @@ async def _score(request: Request, state: ServiceState, mv: ModelVersion) -> Res
     return codec.json_response(body)
 
 
+async def _explain(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
+    allowed = {"inputs", "baseline", "permutations", "seed"}
+    x, payload = await _rows(request, state, mv, allowed, named=True)
+    model, manifest = mv.model, mv.manifest
+    assert model is not None and manifest is not None
+    try:
+        opts = ExplainOptions.model_validate(
+            {k: payload[k] for k in ("permutations", "seed") if k in payload}
+        )
+    except ValidationError as e:
+        raise from_validation_errors(e.errors()) from None
+    if payload.get("baseline") is not None:
+        baseline = codec.rows_from_json([payload["baseline"]], manifest, 1, what="baseline")[0]
+    else:
+        baseline = await state.engine.run(central_row, model)
+    cost = explain.evaluations(len(x), manifest.dim, opts.permutations)
+    if cost > explain.MAX_EVALUATIONS:
+        raise TooManyRows(
+            f"explaining {len(x)} rows of {manifest.dim} features scores {cost} hybrid rows, "
+            f"more than {explain.MAX_EVALUATIONS} per request; send fewer rows"
+            + (" or fewer permutations" if manifest.dim > explain.EXACT_MAX_FEATURES else ""),
+            rows=len(x),
+        )
+    kind, values, scores, base_score = await state.engine.run(
+        explain.explain_rows, model.log_prob, x, baseline, opts.permutations, opts.seed
+    )
+    state.metrics.rows_done("explain", mv.name, len(x))
+    return codec.json_response(
+        {
+            "model": mv.name,
+            "version": mv.version,
+            "kind": kind,
+            "feature_names": manifest.feature_names,
+            "baseline": baseline.astype(np.float64),
+            "baseline_score": base_score,
+            "score": scores,
+            "contributions": values,
+            "permutations": opts.permutations if kind == "shapley_sampled" else None,
+        }
+    )
+
+
+def central_row(model: Any) -> np.ndarray:
+    """The model's central row: the base distribution's centre through the inverse graph."""
+    base = model.manifest.base
+    centre = 0.0 if base.kind == "normal" else (base.low + base.high) / 2
+    return model.decode(np.full((1, model.dim), centre, dtype=np.float32))[0]
+
+
 async def _encode(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
     from .runtime import base_log_prob
 
@@ -295,6 +346,15 @@ _ENDPOINTS: list[tuple[str, Handler, type, str | None, str]] = [
         "p_value, is_anomaly (p_value <= fpr) at false-positive rate fpr (JSON field or ?fpr= "
         "query; default: the model's; at least 1/(n+1)); with fdr, Benjamini-Hochberg "
         "selection fdr_selected.",
+    ),
+    (
+        "explain",
+        _explain,
+        ExplainResponse,
+        "ExplainRequest",
+        "Per-feature contributions to each row's anomaly score: Shapley values of the "
+        "hybrid-row score against a baseline row (exact up to 10 features, sampled above); each "
+        "row's contributions sum to score - baseline_score.",
     ),
     ("encode", _encode, EncodeResponse, "RowsRequest", "Latent codes z and log|det dz/dx|."),
     ("decode", _decode, DecodeResponse, "DecodeRequest", "Rows for latent codes z."),
@@ -372,7 +432,11 @@ def prediction_router(
             _endpoint(name, impl, resolver),
             methods=["POST"],
             response_model=response,
-            responses={**_ERRORS, 200: {"content": _NPY_OUT}} if name != "sample" else _ERRORS,
+            responses=(
+                {**_ERRORS, 200: {"content": _NPY_OUT}}
+                if name not in ("sample", "explain")
+                else _ERRORS
+            ),
             summary=doc.split(".")[0],
             description=doc,
             openapi_extra=extra,

@@ -20,6 +20,9 @@ __all__ = [
     "EncodeResponse",
     "ErrorBody",
     "ErrorDetail",
+    "ExplainOptions",
+    "ExplainRequest",
+    "ExplainResponse",
     "HealthResponse",
     "LogProbResponse",
     "ModelInfo",
@@ -75,6 +78,25 @@ class ScoreRequest(RowsRequest, ScoreOptions):
     """Rows to score for anomalies at a false-positive rate."""
 
 
+class ExplainOptions(_Request):
+    permutations: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="random feature orders (each with its reverse) when the model has more "
+        "than 10 features; ignored (exact) otherwise",
+    )
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of the sampled orders")
+
+
+class ExplainRequest(RowsRequest, ExplainOptions):
+    """Rows whose anomaly scores to attribute to their features."""
+
+    baseline: Row | None = Field(
+        None, description="the reference row (default: the model's central row, decode(0))"
+    )
+
+
 class DecodeRequest(_Request):
     """Latent rows (``dim`` numbers each) to map back to the data space."""
 
@@ -124,6 +146,20 @@ class ScoreResponse(ModelAnswer):
     fdr_selected: list[bool] | None = Field(
         None, description="rows selected by Benjamini-Hochberg at fdr (when fdr is given)"
     )
+
+
+class ExplainResponse(ModelAnswer):
+    kind: Literal["shapley_exact", "shapley_sampled"] = Field(
+        description="exact Shapley values over all 2**dim hybrid rows, or a sampled estimate"
+    )
+    feature_names: list[str]
+    baseline: list[float] = Field(description="the reference row")
+    baseline_score: float | None = Field(description="-log_prob of the baseline row")
+    score: list[float | None] = Field(description="-log_prob of each row")
+    contributions: list[list[float | None]] = Field(
+        description="per row and feature; each row sums to score - baseline_score"
+    )
+    permutations: int | None = Field(description="orders sampled (null: exact)")
 
 
 class EncodeResponse(ModelAnswer):

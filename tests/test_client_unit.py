@@ -35,6 +35,7 @@ def test_public_api_is_exactly_all() -> None:
             "AsyncFlowClient",
             "ConnectionFailed",
             "Encoding",
+            "Explanation",
             "FlowClient",
             "FlowServeError",
             "InvalidInput",

@@ -20,7 +20,7 @@ from ._exceptions import (
     ServiceUnavailable,
     Unauthorized,
 )
-from ._models import Encoding, ScoreResult
+from ._models import Encoding, Explanation, ScoreResult
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,7 @@ __all__ = [
     "AsyncFlowClient",
     "ConnectionFailed",
     "Encoding",
+    "Explanation",
     "FlowClient",
     "FlowServeError",
     "InvalidInput",

@@ -20,7 +20,7 @@ from ._base import (
     retry_delay,
 )
 from ._exceptions import ConnectionFailed, FlowServeError, RequestTimeout
-from ._models import Encoding, ScoreResult
+from ._models import Encoding, Explanation, ScoreResult
 
 __all__ = ["AsyncFlowClient"]
 
@@ -73,6 +73,18 @@ class AsyncFlowClient(BaseClient):
         """Anomaly scores of each row at false-positive rate ``fpr``, with conformal p-values
         (and Benjamini-Hochberg selection at false-discovery rate ``fdr`` when given)."""
         return await self._execute(self._score_call(await self._rows(x), fpr, fdr))
+
+    async def explain(
+        self,
+        x: Any,
+        baseline: Any = None,
+        permutations: int | None = None,
+        seed: int | None = None,
+    ) -> Explanation:
+        """Per-feature contributions to each row's anomaly score (see
+        :meth:`FlowClient.explain`)."""
+        call = self._explain_call(await self._rows(x), baseline, permutations, seed)
+        return await self._execute(call)
 
     async def encode(self, x: Any) -> Encoding:
         """Latent codes ``z`` ``[N, dim]`` and ``log|det dz/dx|`` ``[N]`` of each row."""

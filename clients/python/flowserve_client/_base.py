@@ -19,7 +19,7 @@ import numpy as np
 
 from ._codec import NPY_MEDIA_TYPE, decode_npy, encode_npy
 from ._exceptions import FlowServeError, InvalidInput, error_for_response
-from ._models import Encoding, ScoreResult
+from ._models import Encoding, Explanation, ScoreResult
 
 __all__ = [
     "DEFAULT_BINARY_THRESHOLD",
@@ -223,6 +223,21 @@ def _parse_score(response: httpx.Response) -> ScoreResult:
     )
 
 
+def _parse_explain(response: httpx.Response) -> Explanation:
+    body = response.json()
+    return Explanation(
+        kind=str(body["kind"]),
+        contributions=_float(body["contributions"]),
+        score=_float(body["score"]),
+        baseline=_float(body["baseline"]),
+        baseline_score=float(body["baseline_score"]),
+        feature_names=list(body["feature_names"]),
+        permutations=body.get("permutations"),
+        model=str(body.get("model", "")),
+        version=int(body.get("version", 0)),
+    )
+
+
 def _parse_encode(response: httpx.Response) -> Encoding:
     body = response.json()
     return Encoding(z=_float(body["z"]), log_det=_float(body["log_det"]))
@@ -325,6 +340,21 @@ class BaseClient:
             columns = [*_NPY_SCORE_COLUMNS, *(["fdr_selected"] if fdr is not None else [])]
             call.params["columns"] = ",".join(columns)
         return call
+
+    def _explain_call(
+        self, rows: np.ndarray, baseline: Any, permutations: int | None, seed: int | None
+    ) -> Call:
+        # JSON both ways: the reply is a [N, dim] table plus a few fields.
+        body: dict[str, Any] = {"inputs": rows.tolist()}
+        if baseline is not None:
+            body["baseline"] = (
+                dict(baseline) if isinstance(baseline, Mapping) else as_matrix(baseline)[0].tolist()
+            )
+        if permutations is not None:
+            body["permutations"] = int(permutations)
+        if seed is not None:
+            body["seed"] = int(seed)
+        return Call("POST", f"{self.prefix}/explain", _parse_explain, json_body=body)
 
     def _encode_call(self, rows: np.ndarray) -> Call:
         # The binary /encode reply holds z only; a JSON reply also carries log_det.

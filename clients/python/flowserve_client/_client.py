@@ -20,7 +20,7 @@ from ._base import (
     retry_delay,
 )
 from ._exceptions import ConnectionFailed, FlowServeError, RequestTimeout
-from ._models import Encoding, ScoreResult
+from ._models import Encoding, Explanation, ScoreResult
 
 __all__ = ["FlowClient"]
 
@@ -89,6 +89,18 @@ class FlowClient(BaseClient):
         With ``fdr``, ``fdr_selected`` holds the rows Benjamini-Hochberg selects at that
         false-discovery rate over this batch."""
         return self._execute(self._score_call(self._rows(x), fpr, fdr))
+
+    def explain(
+        self,
+        x: Any,
+        baseline: Any = None,
+        permutations: int | None = None,
+        seed: int | None = None,
+    ) -> Explanation:
+        """Per-feature contributions to each row's anomaly score (Shapley values against
+        ``baseline``, default the model's central row); rows sum to ``score - baseline_score``.
+        ``permutations`` and ``seed`` apply to models of more than 10 features."""
+        return self._execute(self._explain_call(self._rows(x), baseline, permutations, seed))
 
     def encode(self, x: Any) -> Encoding:
         """Latent codes ``z`` ``[N, dim]`` and ``log|det dz/dx|`` ``[N]`` of each row."""

@@ -10,7 +10,7 @@ import numpy as np
 if TYPE_CHECKING:  # pandas is optional
     import pandas as pd
 
-__all__ = ["Encoding", "ScoreResult"]
+__all__ = ["Encoding", "Explanation", "ScoreResult"]
 
 
 class Encoding(NamedTuple):
@@ -18,6 +18,36 @@ class Encoding(NamedTuple):
 
     z: np.ndarray
     log_det: np.ndarray
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Per-feature contributions to each row's anomaly score (``/explain``).
+
+    ``contributions[i, j]`` is feature ``j``'s Shapley value for row ``i``'s hybrid-row score
+    against ``baseline``; each row sums to ``score[i] - baseline_score``. ``kind`` is
+    ``"shapley_exact"`` (all ``2**dim`` hybrids) or ``"shapley_sampled"`` (``permutations``
+    random orders and their reverses).
+    """
+
+    kind: str
+    contributions: np.ndarray
+    score: np.ndarray
+    baseline: np.ndarray
+    baseline_score: float
+    feature_names: list[str]
+    permutations: int | None
+    model: str
+    version: int
+
+    def __len__(self) -> int:
+        return int(self.contributions.shape[0])
+
+    def to_frame(self, index: Any = None) -> pd.DataFrame:
+        """Contributions as a DataFrame, one column per feature (needs pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.contributions, columns=self.feature_names, index=index)
 
 
 @dataclass(frozen=True)
