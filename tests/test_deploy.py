@@ -60,12 +60,12 @@ def _dockerfile_expose() -> list[int]:
 def test_kustomization_lists_every_kind(manifests: dict[str, dict[str, Any]]) -> None:
     assert set(manifests) == {
         "ConfigMap",
-        "Secret",
         "PersistentVolumeClaim",
         "Deployment",
         "Service",
         "HorizontalPodAutoscaler",
-    }
+        "PodDisruptionBudget",
+    }  # no Secret: one with known keys would be applied as is
 
 
 def test_probes_hit_real_routes_on_the_container_port(container: dict[str, Any]) -> None:
@@ -118,16 +118,43 @@ def test_every_flowserve_variable_is_a_settings_field(
     assert settings.workers == 1 and str(settings.model_root) == "/models"
 
 
-def test_api_keys_come_from_the_secret(
+def test_api_keys_come_from_files_of_a_secret_you_create(
     manifests: dict[str, dict[str, Any]], container: dict[str, Any]
 ) -> None:
-    env = {e["name"]: e for e in container["env"]}
-    ref = env["FLOWSERVE_API_KEYS"]["valueFrom"]["secretKeyRef"]
-    secret = manifests["Secret"]
-    assert ref["name"] == secret["metadata"]["name"]
-    keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
-    assert ref["key"] in keys
-    assert "FLOWSERVE_API_KEYS" not in manifests["ConfigMap"]["data"]  # never in plain config
+    env = {e["name"]: e["value"] for e in container["env"]}
+    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for var, key in (
+        ("FLOWSERVE_API_KEY_FILE", "api-keys"),
+        ("FLOWSERVE_ADMIN_KEY_FILE", "admin-keys"),
+    ):
+        path = Path(env[var])
+        assert path.name == key
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent))
+        assert mount["readOnly"] is True
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == "flowserve-keys" and not secret.get("optional", False)
+    # never in plain config or argv, and no key values anywhere in deploy/
+    assert not {"FLOWSERVE_API_KEYS", "FLOWSERVE_ADMIN_KEYS"} & set(manifests["ConfigMap"]["data"])
+    assert "args" not in container and "command" not in container
+    readme = (DEPLOY / "README.md").read_text()
+    assert "kubectl create secret generic flowserve-keys" in readme
+
+
+def test_shutdown_drains_within_the_grace_period(
+    manifests: dict[str, dict[str, Any]], container: dict[str, Any]
+) -> None:
+    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    config = manifests["ConfigMap"]["data"]
+    settings = ServiceSettings(drain_s=config["FLOWSERVE_DRAIN_S"])
+    needed = float(command[1]) + settings.drain_s + float(config["FLOWSERVE_SHUTDOWN_TIMEOUT_S"])
+    assert pod["terminationGracePeriodSeconds"] > needed
+    pdb = manifests["PodDisruptionBudget"]
+    labels = manifests["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["minAvailable"] >= 1
 
 
 def test_models_volume_and_security(
