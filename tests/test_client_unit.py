@@ -192,6 +192,9 @@ def test_server_errors_become_typed_exceptions_with_code_and_message() -> None:
         (415, "unsupported_media_type", fc.InvalidInput),
         (500, "internal_error", fc.ServerError),
         (503, "model_unavailable", fc.ServiceUnavailable),
+        (503, "overloaded", fc.ServiceUnavailable),
+        (503, "draining", fc.ServiceUnavailable),
+        (403, "admin_disabled", fc.Unauthorized),
     ],
 )
 def test_error_mapping(status: int, code: str, cls: type[Exception]) -> None:

@@ -4,11 +4,12 @@ Callers catch by meaning, never by message text::
 
     FlowServeError                 every error this package raises (.status_code, .code, .message)
     ├── InvalidInput               422/415/400: wrong width, NaN, unknown feature, bad n/fpr
-    ├── Unauthorized               401/403: missing or wrong API key
+    ├── Unauthorized               401/403: missing or wrong API key, admin endpoints off
     ├── ModelNotFound              404: no such model or version
     ├── PayloadTooLarge            413: too many rows or too large a body (split the batch)
     ├── ServerError                500 and other unexpected 5xx responses
-    ├── ServiceUnavailable         503 (after retries): model failed to load, service not ready
+    ├── ServiceUnavailable         503 (after retries): model failed to load, service not
+    │   │                          ready or draining, overloaded (Retry-After is honoured)
     │   └── ConnectionFailed       the service could not be reached (after retries)
     └── RequestTimeout             no answer within the client's timeout
 
@@ -99,6 +100,10 @@ _BY_CODE: dict[str, type[FlowServeError]] = {
     "too_many_rows": PayloadTooLarge,
     "body_too_large": PayloadTooLarge,
     "model_unavailable": ServiceUnavailable,
+    "overloaded": ServiceUnavailable,
+    "not_ready": ServiceUnavailable,
+    "draining": ServiceUnavailable,
+    "admin_disabled": Unauthorized,
 }
 
 _BY_STATUS: dict[int, type[FlowServeError]] = {
