@@ -82,7 +82,7 @@ def test_dataframe_in_three_lines(server: tuple[str, AffineFlow]) -> None:
     client.close()
     expected = flow.log_prob(frame[flow.feature_names].to_numpy())
     np.testing.assert_allclose(scores["log_prob"], expected, rtol=1e-4, atol=1e-4)
-    assert list(scores.columns) == ["log_prob", "score", "percentile", "is_anomaly"]
+    assert list(scores.columns) == ["log_prob", "score", "percentile", "p_value", "is_anomaly"]
 
 
 def test_encode_decode_round_trip_and_sample(
