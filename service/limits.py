@@ -17,7 +17,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ApiError, BodyTooLarge, Overloaded, TooManyRows, error_body
+from .errors import ApiError, BodyTooLarge, InvalidInput, Overloaded, TooManyRows, error_body
 
 __all__ = [
     "EXEMPT_PATHS",
@@ -25,6 +25,7 @@ __all__ = [
     "BodySizeLimit",
     "InFlightLimit",
     "check_json_values",
+    "check_options_size",
     "json_value_bound",
 ]
 
@@ -42,6 +43,18 @@ def json_value_bound(body: bytes) -> int:
     ``bytes.count`` runs at memory speed: a 64 MiB body costs milliseconds, not a parse.
     """
     return body.count(b",") + body.count(b"[") + body.count(b"{") + 1
+
+
+def check_options_size(body: bytes, max_values: int = JSON_SLACK) -> None:
+    """Refuse (422 ``invalid_input``) an options body (``/sample``) holding more values than a
+    few options can, before parsing it."""
+    bound = json_value_bound(body)
+    if bound > max_values:
+        raise InvalidInput(
+            f"the JSON body holds up to {bound} values; this endpoint takes a few options "
+            f"(at most {max_values} values)",
+            max_values=max_values,
+        )
 
 
 def check_json_values(body: bytes, max_rows: int, dim: int, max_values: int) -> None:

@@ -15,13 +15,14 @@ The document is rebuilt whenever a reload changes the repository snapshot.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from .limits import JSON_SLACK
-from .repository import ModelSnapshot
+from .repository import ModelSnapshot, ModelVersion
 from .schemas import (
     DecodeRequest,
     ErrorBody,
@@ -46,12 +47,39 @@ _NUMBER = {"type": "number", "minimum": -_FLOAT32_MAX, "maximum": _FLOAT32_MAX}
 _MODEL_ROUTES = ("log_prob", "score", "explain", "encode", "decode", "sample")
 
 
-def _width(snapshot: ModelSnapshot, name: str | None) -> tuple[int, list[str]] | None:
-    """(dim, feature names) of ``name``'s default version, None when it has no ready one."""
-    if name is None or snapshot.default_version(name) is None:
+@dataclass(frozen=True)
+class _Rows:
+    """What a route's row bodies must look like: width, feature names, smallest fpr."""
+
+    dim: int
+    names: tuple[str, ...]
+    min_fpr: float
+
+
+def _rows_of(mv: ModelVersion) -> _Rows | None:
+    m = mv.manifest
+    if m is None:
         return None
-    manifest = snapshot.models[name][snapshot.default_version(name)].manifest  # type: ignore[index]
-    return (manifest.dim, list(manifest.feature_names)) if manifest is not None else None
+    return _Rows(m.dim, tuple(m.feature_names), m.calibration.min_fpr)
+
+
+def _default_rows(snapshot: ModelSnapshot) -> _Rows | None:
+    name = snapshot.default_name
+    version = snapshot.default_version(name) if name is not None else None
+    return None if version is None else _rows_of(snapshot.models[name][version])  # type: ignore[index]
+
+
+def _shared_rows(snapshot: ModelSnapshot) -> _Rows | None:
+    """One width and feature names for every ready version of every model (the named routes
+    can then document them too), with the largest of their smallest attainable fpr."""
+    rows = [r for r in map(_rows_of, snapshot.ready_versions()) if r is not None]
+    if not rows or len({(r.dim, r.names) for r in rows}) != 1:
+        return None
+    return _Rows(rows[0].dim, rows[0].names, max(r.min_fpr for r in rows))
+
+
+def _fpr_schema(min_fpr: float) -> dict[str, Any]:
+    return {"type": "number", "minimum": min_fpr, "exclusiveMaximum": 1.0}
 
 
 def _inputs(dim: int | None, names: list[str] | None, named: bool, max_rows: int) -> dict:
@@ -79,10 +107,10 @@ def _inputs(dim: int | None, names: list[str] | None, named: bool, max_rows: int
 
 
 def _row_bodies(
-    components: dict[str, Any], suffix: str, width: tuple[int, list[str]] | None, state: Any
+    components: dict[str, Any], suffix: str, rows: _Rows | None, state: ServiceState
 ) -> None:
     s = state.settings
-    dim, names = width if width is not None else (None, None)
+    dim, names = (rows.dim, list(rows.names)) if rows is not None else (None, None)
     # Rows also count against the JSON value budget checked before parsing.
     max_rows = (
         s.max_rows
@@ -92,6 +120,8 @@ def _row_bodies(
     for body in _ROW_BODIES:
         js = copy.deepcopy(components[body])
         js["properties"]["inputs"] = _inputs(dim, names, body != "DecodeRequest", max_rows)
+        if body == "ScoreRequest" and rows is not None:
+            js["properties"]["fpr"]["anyOf"] = [_fpr_schema(rows.min_fpr), {"type": "null"}]
         js.pop("title", None)
         components[f"{body}{suffix}"] = js
 
@@ -103,20 +133,26 @@ def _tighten_options(components: dict[str, Any], state: ServiceState) -> None:
     props["temperature"]["maximum"] = s.max_temperature
 
 
-def _specialize_paths(paths: dict[str, Any], snapshot: ModelSnapshot, shared: bool) -> None:
+def _specialize_paths(
+    paths: dict[str, Any], snapshot: ModelSnapshot, default: _Rows | None, shared: _Rows | None
+) -> None:
     names = snapshot.names()
     for path, item in paths.items():
         for op in item.values():
             if not isinstance(op, dict):
                 continue
+            route = path.rsplit("/", 1)[-1]
+            default_route = path == f"/{route}"
+            rows = default if default_route else shared
             for param in op.get("parameters", []):
+                if param.get("in") == "query" and param["name"] == "fpr" and rows is not None:
+                    param["schema"] = {"anyOf": [_fpr_schema(rows.min_fpr), {"type": "null"}]}
                 if param.get("in") != "path":
                     continue
                 if param["name"] == "name" and names:
                     param["schema"] = {"type": "string", "enum": names}
                 elif param["name"] == "version":
                     param["schema"] = {"type": "string", "pattern": "^(0|[1-9][0-9]*)$"}
-            route = path.rsplit("/", 1)[-1]
             content = op.get("requestBody", {}).get("content", {}).get("application/json")
             if route not in _MODEL_ROUTES or content is None or path.startswith("/v2"):
                 continue
@@ -127,7 +163,6 @@ def _specialize_paths(paths: dict[str, Any], snapshot: ModelSnapshot, shared: bo
             body = ref.rsplit("/", 1)[-1]
             if body not in _ROW_BODIES:
                 continue
-            default_route = path == f"/{route}"
             suffix = "Default" if default_route else ("Named" if shared else "")
             if suffix:
                 content["schema"] = {"$ref": f"#/components/schemas/{body}{suffix}"}
@@ -148,18 +183,12 @@ def openapi_document(app: FastAPI, state: ServiceState) -> dict[str, Any]:
         components.update(js.pop("$defs", {}))
         components[model.__name__] = js
     _tighten_options(components, state)
-    _row_bodies(components, "Default", _width(snapshot, snapshot.default_name), state)
-    # One width for every ready version of every model: the named routes can document it too.
-    distinct = {
-        (mv.manifest.dim, tuple(mv.manifest.feature_names))
-        for mv in snapshot.ready_versions()
-        if mv.manifest is not None
-    }
-    shared = len(distinct) == 1
-    if shared:
-        dim, names = next(iter(distinct))
-        _row_bodies(components, "Named", (dim, list(names)), state)
-    _specialize_paths(schema.get("paths", {}), snapshot, shared)
+    default = _default_rows(snapshot)
+    _row_bodies(components, "Default", default, state)
+    shared = _shared_rows(snapshot)
+    if shared is not None:
+        _row_bodies(components, "Named", shared, state)
+    _specialize_paths(schema.get("paths", {}), snapshot, default, shared)
     app.openapi_schema = schema
     app.state.openapi_generation = snapshot.generation
     return schema

@@ -302,7 +302,7 @@ async def _decode(request: Request, state: ServiceState, mv: ModelVersion) -> Re
 async def _sample(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
     codec.body_kind(request.headers.get("content-type"), binary_ok=False)
     body = await request.body()
-    limits.check_json_values(body, 0, 0, 64)  # a small object of options, never rows
+    limits.check_options_size(body)
     payload = codec.loads(body) if body.strip() else {}
     try:
         req = SampleRequest.model_validate(payload)
