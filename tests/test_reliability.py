@@ -307,3 +307,84 @@ def test_batch_score_leaves_no_output_on_failure(tmp_path: Path) -> None:
     )
     assert bulk_cli.run(args) == 0 and len(pd.read_parquet(dst)) == 20
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "models", "out.parquet"]
+
+
+# --- load with injected faults --------------------------------------------------------------
+
+
+def test_load_with_reloads_and_faults_loses_nothing(tmp_path: Path) -> None:
+    """Concurrent clients while versions are corrupted in place, truncated, fixed, added,
+    deleted and refused, each fault followed by a reload: every answer is checked against the
+    closed form of the version that says it answered."""
+    flows = {v: affine_flow(3, seed=10 + v) for v in (1, 2, 3, 4)}
+    directories = {v: build_affine_artifact(tmp_path, "toy", v, flows[v])[0] for v in (1, 2)}
+    stash = tmp_path.parent / f"{tmp_path.name}-stash"
+    for v in (3, 4):
+        build_affine_artifact(stash, "toy", v, flows[v])
+    x = flows[1].sample(4, seed=3)
+    body = {"inputs": x.tolist()}
+    expected = {v: f.log_prob(x) for v, f in flows.items()}
+    tally = {"requests": 0, "failed": 0, "wrong": 0, "faults": 0}
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def faults(url: str) -> None:
+        with httpx.Client(base_url=url, headers=ADMIN, timeout=60) as admin:
+            steps = [
+                lambda: _truncate(directories[2] / FORWARD_GRAPH),  # half-copied graph
+                lambda: _truncate(directories[2] / MANIFEST_FILE),  # manifest truncated
+                lambda: build_affine_artifact(tmp_path, "toy", 2, flows[2]),  # fixed
+                lambda: shutil.copytree(stash / "toy" / "3", tmp_path / "toy" / "3"),  # new
+                lambda: _truncate(tmp_path / "toy" / "3" / MANIFEST_FILE),  # new one corrupted
+                lambda: shutil.rmtree(tmp_path / "toy" / "3"),  # deleted
+                lambda: _add_broken(stash / "toy" / "4", tmp_path / "toy" / "4"),  # refused
+                lambda: shutil.rmtree(tmp_path / "toy" / "4"),
+            ]
+            while not done.is_set():
+                for step in steps:
+                    step()
+                    assert admin.post("/admin/reload").status_code == 200
+                    tally["faults"] += 1
+
+    def client(url: str, seed: int) -> None:
+        # version 2 is corrupted in place while serving: it must keep answering
+        versioned = ["/models/toy/versions/1/log_prob", "/models/toy/versions/2/log_prob"]
+        paths = ["/log_prob", "/models/toy/log_prob", *versioned]
+        with httpx.Client(base_url=url, timeout=60) as c:
+            for i in range(60):
+                r = c.post(paths[(i + seed) % len(paths)], json=body)
+                ok = r.status_code == 200
+                right = ok and np.allclose(
+                    r.json()["log_prob"], expected[r.json()["version"]], atol=1e-3
+                )
+                with lock:
+                    tally["requests"] += 1
+                    tally["failed"] += not ok
+                    tally["wrong"] += ok and not right
+
+    env = {"FLOWSERVE_ADMIN_KEYS": ADMIN["x-api-key"]}
+    with live_server(tmp_path, env=env) as url:
+        fault_thread = threading.Thread(target=faults, args=(url,))
+        fault_thread.start()
+        clients = [threading.Thread(target=client, args=(url, s)) for s in range(8)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join()
+        done.set()
+        fault_thread.join()
+    print(f"load with faults: {tally}")
+    assert tally["requests"] == 480 and tally["faults"] >= 8
+    assert tally["failed"] == 0 and tally["wrong"] == 0, tally
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _add_broken(source: Path, target: Path) -> None:
+    shutil.copytree(source, target)
+    graph = target / FORWARD_GRAPH
+    data = bytearray(graph.read_bytes())
+    data[-1] ^= 0xFF  # checksum mismatch
+    graph.write_bytes(bytes(data))
