@@ -1,5 +1,9 @@
 """flowserve's flow library: every family behind one contract, built by name.
 
+The package imports lazily: ``flowserve.models.train_cli`` and other torch-free modules load
+without torch; the names below (and the family registry, filled when
+:mod:`flowserve.models.base` loads) come in on first use.
+
 Example:
     >>> from flowserve.models import build_flow
     >>> flow = build_flow("realnvp", dim=2, layers=2, hidden=8)
@@ -7,25 +11,10 @@ Example:
     torch.Size([3])
 """
 
-from flowserve.models import (  # noqa: F401  (importing registers each family)
-    autoregressive,
-    continuous,
-    coupling,
-    glow,
-    image,
-    manifold,
-    planar,
-    spline,
-)
-from flowserve.models.base import (
-    Chain,
-    Flow,
-    Standardize,
-    Transform,
-    build_flow,
-    families,
-    register_family,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "Chain",
@@ -36,3 +25,13 @@ __all__ = [
     "families",
     "register_family",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("flowserve.models.base"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -12,8 +12,9 @@ hyper-parameters: ``build_flow("realnvp", dim=8, layers=8, hidden=128)``.
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -221,7 +222,61 @@ class Flow(nn.Module):
 
 
 FamilyBuilder = Callable[..., Flow]
-FAMILIES: dict[str, FamilyBuilder] = {}
+# The modules whose import registers their families (with @register_family).
+FAMILY_MODULES = (
+    "autoregressive",
+    "continuous",
+    "coupling",
+    "glow",
+    "image",
+    "manifold",
+    "planar",
+    "spline",
+)
+
+
+class _Registry(dict[str, FamilyBuilder]):
+    """The family registry; reading it first imports every family module, so that importing
+    one module of the library (or the torch-free ``flowserve.models`` package) is enough."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if not _Registry._loaded:
+            _Registry._loaded = True
+            for name in FAMILY_MODULES:
+                importlib.import_module(f"flowserve.models.{name}")
+
+    def __getitem__(self, key: str) -> FamilyBuilder:
+        self._load()
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self._load()
+        return super().__contains__(key)
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._load()
+        return super().__len__()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._load()
+        return super().get(key, default)
+
+    def keys(self) -> Any:
+        self._load()
+        return super().keys()
+
+    def items(self) -> Any:
+        self._load()
+        return super().items()
+
+
+FAMILIES: dict[str, FamilyBuilder] = _Registry()
 
 
 def register_family(name: str) -> Callable[[FamilyBuilder], FamilyBuilder]:
@@ -229,9 +284,9 @@ def register_family(name: str) -> Callable[[FamilyBuilder], FamilyBuilder]:
 
     def wrap(builder: FamilyBuilder) -> FamilyBuilder:
         key = name.lower()
-        if key in FAMILIES:
+        if dict.__contains__(FAMILIES, key):  # registering never triggers loading
             raise ValueError(f"flow family {key!r} is registered twice")
-        FAMILIES[key] = builder
+        dict.__setitem__(FAMILIES, key, builder)
         return builder
 
     return wrap

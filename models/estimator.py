@@ -206,6 +206,8 @@ class FlowDensityEstimator:
         calibration. ``y`` is ignored (unsupervised).
         """
         config = self._config()
+        if np.ndim(X) != 2:
+            raise ValueError(f"X must be 2-D [rows, features], got {np.ndim(X)}-D")
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         with preserved_global_state(threads=config.threads):
             budget = Budget(config.time_budget)
