@@ -414,6 +414,10 @@ class Manifest(_Strict):
     opset: int
     files: dict[str, str] = Field(description="relative path -> sha256 of every other file")
     library_versions: dict[str, str] = {}
+    graph_nodes: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="per graph: ONNX node counts as exported and as saved (after optimisation)",
+    )
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     training_config: dict[str, Any] = {}
 

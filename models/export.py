@@ -58,6 +58,7 @@ from flowserve.artifact import (
     write_manifest,
 )
 from flowserve.models.base import Flow, Standardize
+from flowserve.models.optimize import optimize_graph
 from flowserve.service.runtime import onnx_session
 
 __all__ = [
@@ -351,6 +352,7 @@ def export_artifact(
     default_fpr: float = 0.01,
     calibration_log_probs: np.ndarray | None = None,
     calibration_method: str = "holdout",
+    optimize: bool = True,
 ) -> Manifest:
     """Export ``flow`` (with its preprocessing, so graphs take raw rows) to ``out_dir``.
 
@@ -369,6 +371,8 @@ def export_artifact(
             calibration is built from them. Default: the holdout's ONNX log-likelihoods.
         calibration_method: how those were obtained, recorded in the manifest: ``"split"``,
             ``"cross-fit"`` or ``"holdout"``.
+        optimize: fold and prune the exported ONNX graphs (:mod:`flowserve.models.optimize`)
+            before the parity checks, which then verify the optimised graphs.
 
     Returns the written manifest, re-read and checksum-verified from disk.
     Raises :class:`ExportError` when a graph fails to export or a check fails; ``ValueError``
@@ -403,6 +407,13 @@ def export_artifact(
             "inverse": export_onnx(inv, z_example, out_dir / INVERSE_GRAPH, "z", ["x"]),
         }
     log.info("exported ONNX graphs (%s)", exporters)
+    graph_nodes: dict[str, dict[str, int]] = {}
+    if optimize:
+        graph_nodes = {
+            "forward": optimize_graph(out_dir / FORWARD_GRAPH, check[:_PARITY_BATCH]),
+            "inverse": optimize_graph(out_dir / INVERSE_GRAPH, z_example.numpy()),
+        }
+        log.info("optimised ONNX graphs: %s", graph_nodes)
 
     # Reference: torch eager, float32, on the parity rows.
     x_check = torch.from_numpy(check)
@@ -505,6 +516,7 @@ def export_artifact(
         opset=OPSET,
         files=files,
         library_versions={**_library_versions(), "onnx_exporter": exporters["forward"]},
+        graph_nodes=graph_nodes,
         training_config=dict(training_config or {}),
     )
     write_manifest(out_dir, manifest)

@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -476,3 +477,12 @@ def test_verify_cli_reports_an_unloadable_graph(
     assert cli_main(["verify", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "forward.onnx does not load in ONNX Runtime" in out and "Traceback" not in out
+
+
+def test_exported_graphs_are_optimised(exported: Exported) -> None:
+    """Every family's graphs go through the optimisation pass; the parity tests above run on
+    the saved (optimised) graphs, and the manifest records the node counts."""
+    for graph, file in (("forward", "forward.onnx"), ("inverse", "inverse.onnx")):
+        counts = exported.manifest.graph_nodes[graph]
+        saved = onnx.load(str(exported.out / file))
+        assert counts["saved"] == len(saved.graph.node) <= counts["exported"]
