@@ -8,9 +8,9 @@ the small option fields (``fpr``, ``n``, ``temperature``, ``seed``).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 __all__ = [
     "CalibrationSummary",
@@ -44,6 +44,22 @@ Row = list[float] | dict[str, float]
 class _Request(BaseModel):
     # strict: "0.1" is not a number and true is not a count
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral(cls, value: Any, info: ValidationInfo) -> Any:
+        # JSON Schema's integer includes 5.0: integral floats count for int fields (strings and
+        # booleans stay refused).
+        field = cls.model_fields.get(info.field_name or "")
+        types = _types(field.annotation) if field is not None else set()
+        if isinstance(value, float) and value.is_integer() and int in types and float not in types:
+            return int(value)
+        return value
+
+
+def _types(annotation: Any) -> set[Any]:
+    args = get_args(annotation)
+    return set().union(*map(_types, args)) if args else {annotation}
 
 
 class RowsRequest(_Request):
@@ -111,14 +127,6 @@ class SampleRequest(_Request):
     seed: int | None = Field(
         None, ge=0, le=2**63 - 1, description="same seed, same rows (0 to 2**63 - 1)"
     )
-
-    @field_validator("n", "seed", mode="before")
-    @classmethod
-    def _integral(cls, value: Any) -> Any:
-        # JSON Schema's integer includes 5.0; strings and booleans stay refused.
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        return value
 
 
 class ModelAnswer(BaseModel):
@@ -200,6 +208,12 @@ class VersionInfo(BaseModel):
     version: int
     status: Literal["ready", "failed"]
     error: str | None = None
+    reload_error: str | None = Field(
+        None,
+        description="why the last attempt to replace this ready version with changed files "
+        "failed (the loaded version kept serving); null when it did not fail",
+    )
+    reload_failed_at: datetime | None = None
     family: str | None = None
     dim: int | None = None
     input_shape: list[int] | None = None
@@ -232,12 +246,6 @@ class ReadyResponse(BaseModel):
     models: dict[str, int | None] = Field(description="name -> default version")
     failed: list[str] = Field(default_factory=list, description="'name/version' that failed")
 
-    reload_error: str | None = Field(
-        None,
-        description="why the last attempt to replace this ready version with changed files "
-        "failed (the loaded version kept serving); null when it did not fail",
-    )
-    reload_failed_at: datetime | None = None
 
 class ReloadResponse(ModelList):
     generation: int
