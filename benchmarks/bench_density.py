@@ -35,11 +35,11 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.metadata
-import inspect
 import math
 import os
 import platform
 import re
+import resource
 import shlex
 import statistics
 import subprocess
@@ -98,6 +98,8 @@ METHODS = ("flowserve", "flowserve-cli", *PEERS)
 CLI_DATASETS = ("breast_cancer",)  # the CLI runs on these tables only (it is the estimator's path)
 QUICK_DATASETS = ("banana", "breast_cancer")
 QUICK_BUDGET = 3.0
+# A run that got less CPU than this share of its wall time makes the results file warn.
+BUSY_SHARE = 0.8
 
 # --------------------------------------------------------------------------- data sets
 
@@ -294,11 +296,17 @@ class RunResult:
     true_nll: float | None = None
     epochs: float | None = None
     seconds: float = math.nan  # wall time of training (the CLI: the whole command)
+    cpu_seconds: float = math.nan  # CPU time the run got meanwhile (a busy machine shows here)
     params: int | None = None
     family: str = ""
     note: str = ""
     error: str = ""
     leaderboard: list[dict[str, Any]] = field(default_factory=list)  # flowserve's race
+
+    @property
+    def cpu_share(self) -> float:
+        """CPU seconds per wall second: about 1 for one thread with a core of its own."""
+        return self.cpu_seconds / self.seconds if self.seconds > 0 else math.nan
 
 
 def standardizer(train: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -346,20 +354,29 @@ def _peer_model(method: str, dim: int) -> tuple[Any, Callable[[Any, Any], Any]]:
     raise ValueError(f"unknown peer {method!r} (known: {', '.join(PEERS)})")
 
 
-def train_peer(
-    method: str, train: np.ndarray, budget: float, seed: int
-) -> tuple[Callable[[np.ndarray], np.ndarray], float, int, str]:
+@dataclass
+class PeerFit:
+    """A trained peer: ``score(rows)`` is the raw-space log-density of each row."""
+
+    score: Callable[[np.ndarray], np.ndarray]
+    epochs: float  # a fraction where the budget ended inside one
+    params: int
+    note: str = ""  # non-finite steps skipped, if any
+    seconds: float = math.nan  # wall time, model construction included
+    cpu_seconds: float = math.nan  # CPU time this process got meanwhile
+
+
+def train_peer(method: str, train: np.ndarray, budget: float, seed: int) -> PeerFit:
     """Train a peer for ``budget`` wall seconds (model construction included) on ``train``.
 
-    Returns the raw-space log-density of rows, the epochs run (a fraction where the budget
-    ended inside one), the parameter count and a note
-    (non-finite steps skipped, if any). The loop: standardize with the training rows' statistics;
+    The loop: standardize with the training rows' statistics;
     hold out a validation split; Adam with the learning rate on a cosine over the elapsed share
     of the budget; gradient-norm clipping; the weights with the best validation NLL are kept.
     """
     import torch
 
-    start = time.perf_counter()
+    importlib.import_module("zuko" if method.startswith("zuko-") else "nflows.flows")  # untimed
+    start, cpu_start = time.perf_counter(), time.process_time()
     deadline = start + budget
     torch.manual_seed(seed)
     mean, scale, log_det = standardizer(train)
@@ -412,17 +429,16 @@ def train_peer(
 
     note = f"{skipped} non-finite steps skipped" if skipped else ""
     epochs = steps / math.ceil(len(x_fit) / batch)
-    return score, epochs, sum(p.numel() for p in params), note
+    fit = PeerFit(score, epochs, sum(p.numel() for p in params), note)
+    fit.seconds, fit.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return fit
 
 
 def flowserve_estimator(budget: float, seed: int) -> Any:
     """The estimator exactly as a user makes it for a budget (every other setting default)."""
     from flowserve.models.estimator import FlowDensityEstimator
 
-    if "time_budget" in inspect.signature(FlowDensityEstimator).parameters:
-        return FlowDensityEstimator(time_budget=budget, n_threads=1, seed=seed, progress=False)
-    # Before the budget API existed (issue 12): a hand-picked family and epoch count.
-    return FlowDensityEstimator("maf", epochs=30, seed=seed, progress=False)
+    return FlowDensityEstimator(time_budget=budget, n_threads=1, seed=seed, progress=False)
 
 
 def _family_label(est: Any, leaderboard: list[dict[str, Any]] | None) -> str:
@@ -436,9 +452,9 @@ def _family_label(est: Any, leaderboard: list[dict[str, Any]] | None) -> str:
 
 def _run_estimator(data: DataSet, budget: float, seed: int) -> tuple[np.ndarray, RunResult]:
     est = flowserve_estimator(budget, seed)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     est.fit(data.train)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     leaderboard = getattr(est, "leaderboard_", None)
     result = RunResult(
         data.name,
@@ -446,6 +462,7 @@ def _run_estimator(data: DataSet, budget: float, seed: int) -> tuple[np.ndarray,
         seed,
         epochs=len(est.history_),
         seconds=seconds,
+        cpu_seconds=cpu_seconds,
         params=sum(p.numel() for p in est.flow_.parameters()),
         family=_family_label(est, leaderboard),
         leaderboard=[_plain(row) for row in leaderboard or []],
@@ -462,19 +479,7 @@ def _cli_command(csv: Path, out: Path, name: str, budget: float, seed: int) -> l
     """``flowserve train`` as a user runs it for a budget (every other setting default)."""
     exe = Path(sys.executable).with_name("flowserve")
     cmd = [str(exe), "train", str(csv), "--out", str(out), "--name", name, "--seed", str(seed)]
-    if _cli_has_budget():
-        return [*cmd, "--time-budget", f"{budget:g}", "--threads", "1", "--no-progress"]
-    # Before the budget flags existed (issue 12): a hand-picked family and epoch count.
-    return [*cmd, "--family", "maf", "--epochs", "30", "--no-progress"]
-
-
-def _cli_has_budget() -> bool:
-    from flowserve.models import train_cli
-
-    parser = argparse.ArgumentParser()
-    train_cli.configure(parser)
-    _, unknown = parser.parse_known_args(["--time-budget", "1", "--threads", "1"])
-    return not unknown
+    return [*cmd, "--time-budget", f"{budget:g}", "--threads", "1", "--no-progress"]
 
 
 def _run_cli(data: DataSet, budget: float, seed: int) -> tuple[np.ndarray, RunResult]:
@@ -488,9 +493,9 @@ def _run_cli(data: DataSet, budget: float, seed: int) -> tuple[np.ndarray, RunRe
         np.savetxt(csv, data.train, delimiter=",", header=header, comments="", fmt="%.17g")
         name = f"{data.name}-s{seed}"
         cmd = _cli_command(csv, Path(tmp) / "models", name, budget, seed)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _children_cpu()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, _children_cpu() - cpu_start
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
             raise RuntimeError(f"flowserve train exited {proc.returncode}: {' '.join(tail)}")
@@ -498,9 +503,7 @@ def _run_cli(data: DataSet, budget: float, seed: int) -> tuple[np.ndarray, RunRe
         manifest = json.loads((artifact / "manifest.json").read_text())
         log_prob = OnnxFlowModel(artifact).log_prob(data.test.astype(np.float32))
         hp = manifest.get("hyperparameters", {})
-        board = manifest.get("leaderboard") or manifest.get("training_config", {}).get(
-            "leaderboard"
-        )
+        board = manifest.get("training_config", {}).get("selection", {}).get("leaderboard")
         family = f"{manifest['family']} {hp.get('layers', '?')}x{hp.get('hidden', '?')}"
         if board:
             family += f" (of {len(board)})"
@@ -517,12 +520,18 @@ def _run_cli(data: DataSet, budget: float, seed: int) -> tuple[np.ndarray, RunRe
             seed,
             epochs=manifest.get("metrics", {}).get("epochs"),
             seconds=seconds,
+            cpu_seconds=cpu_seconds,
             params=_torchscript_params(artifact, manifest),
             family=family,
             note=note,
             leaderboard=[_plain(row) for row in board or []],
         )
     return np.asarray(log_prob, dtype=np.float64), result
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _torchscript_params(artifact: Path, manifest: dict[str, Any]) -> int | None:
@@ -559,16 +568,11 @@ def run_one(task: Task) -> RunResult:
         elif task.method == "flowserve-cli":
             log_prob, result = _run_cli(data, task.budget, task.seed)
         else:
-            start = time.perf_counter()
-            score, epochs, params, note = train_peer(
-                task.method, data.train, task.budget, task.seed
-            )
-            seconds = time.perf_counter() - start
-            log_prob = score(data.test)
-            result = RunResult(
-                data.name, task.method, task.seed, epochs=epochs, seconds=seconds, params=params
-            )
-            result.note = note
+            fit = train_peer(task.method, data.train, task.budget, task.seed)
+            log_prob = fit.score(data.test)
+            result = RunResult(data.name, task.method, task.seed, epochs=fit.epochs)
+            result.seconds, result.cpu_seconds = fit.seconds, fit.cpu_seconds
+            result.params, result.note = fit.params, fit.note
     except Exception as e:  # a failed run is a result too
         result = RunResult(data.name, task.method, task.seed, error=f"{type(e).__name__}: {e}")
         log_prob = None
@@ -614,6 +618,18 @@ class Summary:
         return statistics.median(values) if values else math.nan
 
 
+def _busy_warning(runs: list[RunResult]) -> list[str]:
+    shares = [r.cpu_share for r in runs if math.isfinite(r.cpu_share)]
+    if not shares or min(shares) >= BUSY_SHARE:
+        return []
+    return [
+        f"**Warning: the machine was busy.** Runs got as little as {min(shares):.0%} of a CPU "
+        f"while training (median {statistics.median(shares):.0%}), so a budget bought less "
+        "compute than on a quiet machine, unequally across methods: do not quote these numbers.",
+        "",
+    ]
+
+
 def _fmt(x: float | None, digits: int = 3, sign: bool = False) -> str:
     if x is None or not math.isfinite(x):
         return ""
@@ -629,7 +645,7 @@ def _epochs(x: float | None) -> str:
 def _table(summaries: dict[tuple[str, str], Summary], datasets: list[str]) -> list[str]:
     lines = [
         "| data set | method | test NLL ± se | seed range | excess ± se | vs best peer | "
-        "epochs | s | params | family (flowserve) |",
+        "epochs | s (CPU share) | params | family (flowserve) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ds in datasets:
@@ -664,7 +680,8 @@ def _table(summaries: dict[tuple[str, str], Summary], datasets: list[str]) -> li
             params = s.median("params")
             lines.append(
                 f"| {head} | {s.method} | {nll:.3f} ± {se:.3f} | {rng_} | {excess} | {vs} | "
-                f"{_epochs(s.median('epochs'))} | {_fmt(s.median('seconds'), 1)} | "
+                f"{_epochs(s.median('epochs'))} | {_fmt(s.median('seconds'), 1)} "
+                f"({_fmt(s.median('cpu_share'), 2)}) | "
                 f"{'' if not math.isfinite(params) else f'{int(params):,}'} | {families} |"
             )
     return lines
@@ -829,6 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - started
 
     table = _table(summaries, datasets)
+    warning = _busy_warning([r for s in summaries.values() for r in s.runs])
     verdict = _verdict(summaries, datasets, args.budget)
     runs = [asdict(r) for s in summaries.values() for r in s.runs]
     body = [
@@ -836,6 +854,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- total {total / 60:.1f} min; load average at end "
         + " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "",
+        *warning,
         "Medians over seeds; se is the standard error over test rows (median over seeds); "
         "excess = NLL - true cross-entropy on the same rows (paired se); vs best peer = NLL - the "
         "best peer's NLL (and the excess ratio).",
@@ -848,14 +867,14 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "<details><summary>every run</summary>",
         "",
-        "| data set | seed | method | NLL | se | excess | epochs | s | params | family | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| data set | seed | method | NLL | se | excess | epochs | s | CPU s | params | family "
+        "| note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(
             f"| {r['dataset']} | {r['seed']} | {r['method']} | {_fmt(r['nll'])} | "
             f"{_fmt(r['se'])} | {_fmt(r['excess'])} | "
-            f"{_epochs(r['epochs'])} | "
-            f"{_fmt(r['seconds'], 1)} | {r['params'] or ''} | {r['family']} | "
-            f"{r['error'] or r['note']} |"
+            f"{_epochs(r['epochs'])} | {_fmt(r['seconds'], 1)} | {_fmt(r['cpu_seconds'], 1)} | "
+            f"{r['params'] or ''} | {r['family']} | {r['error'] or r['note']} |"
             for r in runs
         ),
         "",
@@ -866,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
         *_leaderboards(runs),
         "</details>",
     ]
-    print("\n" + "\n".join(table) + "\n\n" + "\n".join(verdict))
+    print("\n" + "\n".join([*warning, *table, "", *verdict]))
     out = args.out or RESULTS / f"density_{args.budget:g}s.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(body) + "\n")
