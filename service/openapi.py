@@ -82,7 +82,8 @@ def _fpr_schema(min_fpr: float) -> dict[str, Any]:
     return {"type": "number", "minimum": min_fpr, "exclusiveMaximum": 1.0}
 
 
-def _inputs(dim: int | None, names: list[str] | None, named: bool, max_rows: int) -> dict:
+def _row_variants(dim: int | None, names: list[str] | None, named: bool) -> list[dict[str, Any]]:
+    """One row as a list of numbers and (where names are accepted) as an object."""
     row: dict[str, Any] = {"type": "array", "items": _NUMBER}
     if dim is not None:
         row |= {"minItems": dim, "maxItems": dim}
@@ -97,6 +98,11 @@ def _inputs(dim: int | None, names: list[str] | None, named: bool, max_rows: int
                 "additionalProperties": False,
             }
         variants.append(obj)
+    return variants
+
+
+def _inputs(dim: int | None, names: list[str] | None, named: bool, max_rows: int) -> dict:
+    variants = _row_variants(dim, names, named)
     arrays = [{"type": "array", "items": v, "minItems": 1, "maxItems": max_rows} for v in variants]
     return {
         **(arrays[0] if len(arrays) == 1 else {"anyOf": arrays}),
@@ -120,6 +126,10 @@ def _row_bodies(
     for body in _ROW_BODIES:
         js = copy.deepcopy(components[body])
         js["properties"]["inputs"] = _inputs(dim, names, body != "DecodeRequest", max_rows)
+        if body == "ExplainRequest" and dim is not None:
+            one = js["properties"]["baseline"]
+            one.pop("anyOf", None)
+            one["anyOf"] = [*_row_variants(dim, names, True), {"type": "null"}]
         if body == "ScoreRequest" and rows is not None:
             js["properties"]["fpr"]["anyOf"] = [_fpr_schema(rows.min_fpr), {"type": "null"}]
         js.pop("title", None)
