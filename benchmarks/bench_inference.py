@@ -62,10 +62,12 @@ def main() -> None:
     print(f"threads={args.threads} dim={args.dim} repeats={args.repeats} (medians)")
     header = ("family", "direction", "batch", "torch ms", "onnx ms", "torch/onnx")
     print("{:10} {:9} {:>6} {:>10} {:>10} {:>11}".format(*header))
+    batches = [int(b) for b in args.batches.split(",")]
     for family in args.families.split(","):
         torch.manual_seed(0)
         flow = build_flow(family, dim=args.dim)
-        data = rng.standard_normal((2048, args.dim)).astype(np.float32)
+        # As many rows as the largest batch: a batch of 100000 really has 100000 rows.
+        data = rng.standard_normal((max(*batches, 256), args.dim)).astype(np.float32)
         flow.set_preprocess(Standardize(torch.zeros(args.dim), torch.ones(args.dim))).eval()
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / family / "1"
@@ -81,8 +83,9 @@ def main() -> None:
             )
             fwd = ort.InferenceSession(str(out / FORWARD_GRAPH), opts)
             inv = ort.InferenceSession(str(out / INVERSE_GRAPH), opts)
-            for batch in (int(b) for b in args.batches.split(",")):
+            for batch in batches:
                 x = data[:batch]
+                assert len(x) == batch
                 xt = torch.from_numpy(x)
                 z = fwd.run(None, {"x": x})[0]
                 zt = torch.from_numpy(z)

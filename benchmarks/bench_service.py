@@ -83,6 +83,10 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 
 def start(cmd: list[str], port: int, cwd: Path | None = None) -> tuple[subprocess.Popen, str]:
+    # Never the repository root: ``python -m`` puts the working directory first on sys.path,
+    # where ./flowserve (without service/ and models/, which live beside it) would shadow the
+    # installed package.
+    cwd = cwd or Path(tempfile.gettempdir())
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     wait_ready(base, proc)
