@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from flowserve import conformal
 
 __all__ = [
+    "CHAIN_RULE_GRAPH",
     "FORWARD_GRAPH",
     "INTEGER_TOLERANCE",
     "INVERSE_GRAPH",
@@ -66,6 +67,8 @@ SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 FORWARD_GRAPH = "forward.onnx"
 INVERSE_GRAPH = "inverse.onnx"
+# Optional: x -> per-feature chain-rule terms, for flows with an exact single-order factorization.
+CHAIN_RULE_GRAPH = "chain_rule.onnx"
 TORCHSCRIPT_FILE = "model.pt"
 
 
@@ -411,6 +414,11 @@ class Manifest(_Strict):
         default_factory=lambda: {"forward": FORWARD_GRAPH, "inverse": INVERSE_GRAPH}
     )
     torchscript: str | None = None
+    chain_rule_order: list[int] | None = Field(
+        None,
+        description="feature indices in the order of an exact chain-rule factorization, served "
+        "from graphs['chain_rule'] (x -> terms [batch, dim], summing to log_prob)",
+    )
     opset: int
     files: dict[str, str] = Field(description="relative path -> sha256 of every other file")
     library_versions: dict[str, str] = {}
@@ -434,6 +442,14 @@ class Manifest(_Strict):
         for role in ("forward", "inverse"):
             if role not in self.graphs:
                 raise ValueError(f"graphs must name a '{role}' graph")
+        order = self.chain_rule_order
+        if order is not None and (
+            sorted(order) != list(range(self.dim)) or "chain_rule" not in self.graphs
+        ):
+            raise ValueError(
+                "chain_rule_order must be a permutation of the feature indices, with a "
+                "'chain_rule' graph"
+            )
         named = [*self.graphs.values(), *self.files, *([self.torchscript] * bool(self.torchscript))]
         for rel in named:
             problem = _path_problem(rel)

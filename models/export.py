@@ -58,6 +58,7 @@ from flowserve.artifact import (
     write_manifest,
 )
 from flowserve.models.base import Flow, Standardize
+from flowserve.models.chain_rule import export_chain_rule, manifest_fields
 from flowserve.models.optimize import optimize_graph
 from flowserve.service.runtime import onnx_session
 
@@ -487,6 +488,9 @@ def export_artifact(
     except ValueError as e:
         raise ExportError(f"cannot calibrate ({calibration_method}): {e}") from e
 
+    # Flows that factorize exactly in one order also get per-feature chain-rule terms.
+    chain_order = export_chain_rule(model, out_dir, check, lp_onnx)
+
     files = {
         p.relative_to(out_dir).as_posix(): sha256_file(p)
         for p in sorted(out_dir.rglob("*"))
@@ -513,6 +517,7 @@ def export_artifact(
             torchscript_max_abs_log_prob_diff=ts_diff,
         ),
         torchscript=TORCHSCRIPT_FILE if ts_diff is not None else None,
+        **manifest_fields(chain_order),
         opset=OPSET,
         files=files,
         library_versions={**_library_versions(), "onnx_exporter": exporters["forward"]},

@@ -7,6 +7,10 @@ observed value (instead of the baseline's) raises the score, averaged over the o
 features can be switched. Contributions always sum to ``score(x) - score(b)`` (Shapley's
 efficiency property; it holds for every sampled order too, so also for the sampled estimate).
 
+- ``chain_rule`` (flows whose density factorizes exactly in one variable order, exported with a
+  ``chain_rule`` graph, see :mod:`flowserve.models.chain_rule`): feature ``i`` contributes
+  ``-log p(x_i | x_j before i)``, an exact decomposition of the score (no baseline). Chosen by
+  default where available.
 - ``shapley_exact`` (up to :data:`EXACT_MAX_FEATURES` features): every one of the ``2**dim``
   hybrids is scored, the Shapley values are exact for ``v``.
 - ``shapley_sampled`` (more features): ``permutations`` random orders, each with its reverse
@@ -25,16 +29,23 @@ Example:
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+
+from .runtime import CHUNK_ROWS, onnx_session
 
 __all__ = [
     "DEFAULT_PERMUTATIONS",
     "EXACT_MAX_FEATURES",
     "MAX_EVALUATIONS",
+    "chain_rule_terms",
     "evaluations",
     "explain_rows",
+    "has_chain_rule",
     "shapley_exact",
     "shapley_sampled",
 ]
@@ -121,3 +132,30 @@ def explain_rows(
         return "shapley_exact", shapley_exact(x, b, score), ends[:-1], float(ends[-1])
     values = shapley_sampled(x, b, score, permutations, seed)
     return "shapley_sampled", values, ends[:-1], float(ends[-1])
+
+
+# One ONNX Runtime session per loaded model for its chain-rule graph, opened on first use.
+_sessions: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_sessions_lock = threading.Lock()
+
+
+def has_chain_rule(model: Any) -> bool:
+    """Whether the model's artifact ships an exact chain-rule graph."""
+    m = model.manifest
+    return m.chain_rule_order is not None and "chain_rule" in m.graphs
+
+
+def chain_rule_terms(model: Any, x: np.ndarray) -> np.ndarray:
+    """``log p(x_i | x_j before i)`` per row and feature, float64 ``[N, dim]``, from the
+    artifact's chain-rule graph (rows sum to ``log_prob`` within the export's parity check)."""
+    with _sessions_lock:
+        session = _sessions.get(model)
+        if session is None:
+            path = model.directory / model.manifest.graphs["chain_rule"]
+            session = _sessions[model] = onnx_session(path)
+    rows = np.ascontiguousarray(x, dtype=np.float32)
+    parts = [
+        session.run(["terms"], {"x": rows[i : i + CHUNK_ROWS]})[0]
+        for i in range(0, len(rows), CHUNK_ROWS)
+    ]
+    return np.concatenate(parts).astype(np.float64)

@@ -227,16 +227,46 @@ async def _score(request: Request, state: ServiceState, mv: ModelVersion) -> Res
 
 
 async def _explain(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
-    allowed = {"inputs", "baseline", "permutations", "seed"}
+    allowed = {"inputs", "baseline", "method", "permutations", "seed"}
     x, payload = await _rows(request, state, mv, allowed, named=True)
     model, manifest = mv.model, mv.manifest
     assert model is not None and manifest is not None
     try:
         opts = ExplainOptions.model_validate(
-            {k: payload[k] for k in ("permutations", "seed") if k in payload}
+            {k: payload[k] for k in ("method", "permutations", "seed") if k in payload}
         )
     except ValidationError as e:
         raise from_validation_errors(e.errors()) from None
+    has_chain = explain.has_chain_rule(model)
+    if opts.method == "chain_rule" and not has_chain:
+        raise InvalidInput(
+            f"method: this model ({manifest.family}) has no exact chain-rule decomposition "
+            "(its variables mix in more than one order); use method shapley or auto",
+            field="method",
+        )
+    given = payload.get("baseline") is not None
+    if opts.method == "chain_rule" and given:
+        raise InvalidInput("baseline: the chain-rule decomposition takes no baseline")
+    # auto: the exact decomposition where the model ships one, unless a baseline asks for Shapley
+    if opts.method == "chain_rule" or (opts.method == "auto" and not given and has_chain):
+        lp = await state.engine.log_prob(model, x)
+        terms = await state.engine.run(explain.chain_rule_terms, model, x)
+        state.metrics.rows_done("explain", mv.name, len(x))
+        assert manifest.chain_rule_order is not None
+        return codec.json_response(
+            {
+                "model": mv.name,
+                "version": mv.version,
+                "kind": "chain_rule",
+                "feature_names": manifest.feature_names,
+                "order": [manifest.feature_names[i] for i in manifest.chain_rule_order],
+                "baseline": None,
+                "baseline_score": None,
+                "score": -lp.astype(np.float64),
+                "contributions": -terms,
+                "permutations": None,
+            }
+        )
     if payload.get("baseline") is not None:
         baseline = codec.rows_from_json([payload["baseline"]], manifest, 1, what="baseline")[0]
     else:
@@ -259,6 +289,7 @@ async def _explain(request: Request, state: ServiceState, mv: ModelVersion) -> R
             "version": mv.version,
             "kind": kind,
             "feature_names": manifest.feature_names,
+            "order": None,
             "baseline": baseline.astype(np.float64),
             "baseline_score": base_score,
             "score": scores,

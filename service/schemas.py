@@ -95,6 +95,11 @@ class ScoreRequest(RowsRequest, ScoreOptions):
 
 
 class ExplainOptions(_Request):
+    method: Literal["auto", "chain_rule", "shapley"] = Field(
+        "auto",
+        description="chain_rule: the exact decomposition (models that ship one); shapley: "
+        "Shapley values against a baseline; auto: chain_rule where available",
+    )
     permutations: int = Field(
         16,
         ge=1,
@@ -157,15 +162,20 @@ class ScoreResponse(ModelAnswer):
 
 
 class ExplainResponse(ModelAnswer):
-    kind: Literal["shapley_exact", "shapley_sampled"] = Field(
-        description="exact Shapley values over all 2**dim hybrid rows, or a sampled estimate"
+    kind: Literal["chain_rule", "shapley_exact", "shapley_sampled"] = Field(
+        description="the exact chain-rule decomposition, exact Shapley values over all 2**dim "
+        "hybrid rows, or a sampled estimate"
     )
     feature_names: list[str]
-    baseline: list[float] = Field(description="the reference row")
+    order: list[str] | None = Field(
+        None, description="chain_rule: the features in conditioning order"
+    )
+    baseline: list[float] | None = Field(description="the reference row (null: chain_rule)")
     baseline_score: float | None = Field(description="-log_prob of the baseline row")
     score: list[float | None] = Field(description="-log_prob of each row")
     contributions: list[list[float | None]] = Field(
-        description="per row and feature; each row sums to score - baseline_score"
+        description="per row and feature; each row sums to score - baseline_score (chain_rule: "
+        "-log p(x_i | x before i), summing to score)"
     )
     permutations: int | None = Field(description="orders sampled (null: exact)")
 
