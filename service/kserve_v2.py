@@ -45,7 +45,7 @@ from starlette.routing import Match
 
 import flowserve
 
-from . import codec, v2_tensors
+from . import codec, limits, v2_tensors
 from .errors import (
     ApiError,
     InvalidInput,
@@ -258,8 +258,13 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
     start = time.perf_counter()
     status = "200"
     try:
+        s = state.settings
+        assert mv.manifest is not None
+        dim = mv.manifest.dim
         body = v2_tensors.split_body(
-            await request.body(), request.headers.get(v2_tensors.HEADER_LENGTH)
+            await request.body(),
+            request.headers.get(v2_tensors.HEADER_LENGTH),
+            lambda raw: limits.check_json_values(raw, s.max_rows, dim, s.max_json_values),
         )
         payload = _object(body.header, "the request body")
         x = _input_rows(body, mv, state.settings.max_rows)

@@ -14,6 +14,7 @@ refused with :class:`~flowserve.service.errors.InvalidInput` naming the tensor.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,9 +57,14 @@ class V2Body:
     raw_json: bytes
 
 
-def split_body(body: bytes, header_length: str | None) -> V2Body:
-    """Split a request body by its ``Inference-Header-Content-Length`` (absent: all JSON)."""
+def split_body(
+    body: bytes, header_length: str | None, check_json: Callable[[bytes], None] | None = None
+) -> V2Body:
+    """Split a request body by its ``Inference-Header-Content-Length`` (absent: all JSON);
+    ``check_json`` sees the JSON part before it is parsed (the service's value bound)."""
     if header_length is None:
+        if check_json is not None:
+            check_json(body)
         return V2Body(codec.loads(body), memoryview(b""), body)
     try:
         n = int(header_length)
@@ -70,6 +76,8 @@ def split_body(body: bytes, header_length: str | None) -> V2Body:
             f"the body's {len(body)} bytes; got {header_length!r}"
         )
     head = body[:n]
+    if check_json is not None:
+        check_json(head)
     return V2Body(codec.loads(head), memoryview(body)[n:], head)
 
 

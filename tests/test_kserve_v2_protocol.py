@@ -169,3 +169,18 @@ def test_openapi_documents_the_v2_bodies(setup: tuple[TestClient, AffineFlow]) -
     assert "/v2/models/{name}/config" in spec["paths"]
     assert "/v2/repository/index" in spec["paths"]
     assert not any("{path}" in p for p in spec["paths"])
+
+
+def test_json_bodies_are_bounded_before_parsing(tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("small")
+    build_affine_artifact(root, "toy", 1, affine_flow(3, seed=2))
+    with TestClient(create_app(ServiceSettings(model_root=root, max_rows=10))) as client:
+        big = _tensor("FP32", [0.0] * 3000, shape=[1000, 3])
+        r = client.post("/v2/models/toy/infer", json=big)
+        assert r.status_code == 413 and isinstance(r.json()["error"], str)
+        # The binary section is not JSON: only the header is bounded, the shape checks the rest.
+        body, n = _binary_request(np.zeros((20, 3), dtype="<f4"))
+        r = client.post("/v2/models/toy/infer", content=body, headers={HEADER: str(n)})
+        assert r.status_code == 413 and "20 rows" in r.json()["error"]
+        ok, n = _binary_request(np.zeros((10, 3), dtype="<f4"))
+        assert client.post("/v2/models/toy/infer", content=ok, headers={HEADER: str(n)}).is_success
