@@ -249,25 +249,8 @@ async def _explain(request: Request, state: ServiceState, mv: ModelVersion) -> R
         raise InvalidInput("baseline: the chain-rule decomposition takes no baseline")
     # auto: the exact decomposition where the model ships one, unless a baseline asks for Shapley
     if opts.method == "chain_rule" or (opts.method == "auto" and not given and has_chain):
-        lp = await state.engine.log_prob(model, x)
-        terms = await state.engine.run(explain.chain_rule_terms, model, x)
-        state.metrics.rows_done("explain", mv.name, len(x))
-        assert manifest.chain_rule_order is not None
-        return codec.json_response(
-            {
-                "model": mv.name,
-                "version": mv.version,
-                "kind": "chain_rule",
-                "feature_names": manifest.feature_names,
-                "order": [manifest.feature_names[i] for i in manifest.chain_rule_order],
-                "baseline": None,
-                "baseline_score": None,
-                "score": -lp.astype(np.float64),
-                "contributions": -terms,
-                "permutations": None,
-            }
-        )
-    if payload.get("baseline") is not None:
+        return await _explain_chain_rule(state, mv, x)
+    if given:
         baseline = codec.rows_from_json([payload["baseline"]], manifest, 1, what="baseline")[0]
     else:
         baseline = await state.engine.run(central_row, model)
@@ -295,6 +278,28 @@ async def _explain(request: Request, state: ServiceState, mv: ModelVersion) -> R
             "score": scores,
             "contributions": values,
             "permutations": opts.permutations if kind == "shapley_sampled" else None,
+        }
+    )
+
+
+async def _explain_chain_rule(state: ServiceState, mv: ModelVersion, x: np.ndarray) -> Response:
+    model, manifest = mv.model, mv.manifest
+    assert model is not None and manifest is not None and manifest.chain_rule_order is not None
+    lp = await state.engine.log_prob(model, x)
+    terms = await state.engine.run(explain.chain_rule_terms, model, x)
+    state.metrics.rows_done("explain", mv.name, len(x))
+    return codec.json_response(
+        {
+            "model": mv.name,
+            "version": mv.version,
+            "kind": "chain_rule",
+            "feature_names": manifest.feature_names,
+            "order": [manifest.feature_names[i] for i in manifest.chain_rule_order],
+            "baseline": None,
+            "baseline_score": None,
+            "score": -lp.astype(np.float64),
+            "contributions": -terms,
+            "permutations": None,
         }
     )
 
