@@ -161,7 +161,10 @@ class SphereChart(Transform):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        phi = torch.atan2(x[:, 1], x[:, 0])
+        # ONNX has no atan2: exported, it divides y / x, which is 0/0 at the poles; any angle is
+        # right there, so use phi = 0.
+        pole = (x[:, 0] == 0) & (x[:, 1] == 0)
+        phi = torch.atan2(x[:, 1], torch.where(pole, torch.ones_like(x[:, 0]), x[:, 0]))
         h = x[:, 2].clamp(-1.0, 1.0)
         return torch.stack([wrap_angle(phi), h], dim=1), x.new_zeros(x.shape[0])
 

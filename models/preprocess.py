@@ -58,7 +58,8 @@ def data_kind_of(family: str) -> DataKind:
 
 class OnUnitSphere(Transform):
     """Identity on unit vectors; ``log|det| = -inf`` for rows whose norm is off 1 by more than
-    ``tolerance`` (branch-free, so the exported graph scores them as impossible too).
+    ``tolerance`` (branch-free, so the exported graph scores them as impossible too; their
+    latent is that of the north pole).
 
     Arguments:
         tolerance: The accepted ``|norm - 1|``.
@@ -69,9 +70,13 @@ class OnUnitSphere(Transform):
         self.tolerance = float(tolerance)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        off = (x.norm(dim=1) - 1.0).abs() > self.tolerance
-        zero = x.new_zeros(x.shape[0])
-        return x, torch.where(off, torch.full_like(zero, -math.inf), zero)
+        on = ((x.norm(dim=1) - 1.0).abs() <= self.tolerance).to(x.dtype)
+        # Off rows continue as the north pole, so nothing downstream sees 0/0 (e.g. x = 0); their
+        # log-det is log(0) = -inf. Arithmetic, not ``where`` with an infinite constant: the
+        # exported graph must not multiply an infinity by zero.
+        pole = torch.zeros_like(x[:1]).index_fill(1, torch.tensor([2]), 1.0)
+        x = x * on[:, None] + pole * (1.0 - on[:, None])
+        return x, torch.log(on)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         return z, z.new_zeros(z.shape[0])

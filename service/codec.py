@@ -29,6 +29,7 @@ __all__ = [
     "JSON_TYPE",
     "NPY_TYPE",
     "body_kind",
+    "check_domain",
     "check_finite",
     "json_response",
     "loads",
@@ -148,7 +149,25 @@ def check_finite(rows: np.ndarray, what: str = "inputs") -> None:
     )
 
 
-def _as_rows(arr: np.ndarray, manifest: Manifest, what: str) -> np.ndarray:
+def check_domain(rows: np.ndarray, manifest: Manifest, what: str = "inputs") -> None:
+    """Reject rows outside the model's data kind (off the sphere, non-integer pixels), naming
+    them; real-valued and angle data accept every finite row."""
+    if manifest.preprocessing.data_kind in ("real", "angle"):
+        return
+    bad, reason = manifest.preprocessing.invalid_rows(rows)
+    if bad.size == 0:
+        return
+    shown = bad[:_SHOW].tolist()
+    more = f" and {len(bad) - _SHOW} more" if len(bad) > _SHOW else ""
+    raise InvalidInput(
+        f"{what} rows {shown}{more} {reason} (data kind {manifest.preprocessing.data_kind})",
+        rows=shown,
+        count=len(bad),
+        data_kind=manifest.preprocessing.data_kind,
+    )
+
+
+def _as_rows(arr: np.ndarray, manifest: Manifest, what: str, latent: bool = False) -> np.ndarray:
     dim = manifest.dim
     if arr.ndim == 1 + len(manifest.input_shape) and list(arr.shape[1:]) == manifest.input_shape:
         arr = arr.reshape(len(arr), dim)
@@ -172,6 +191,8 @@ def _as_rows(arr: np.ndarray, manifest: Manifest, what: str) -> np.ndarray:
             rows = rows.copy()
             rows[beyond] = np.inf
     check_finite(rows, what)
+    if not latent:
+        check_domain(rows, manifest, what)
     return rows
 
 
@@ -183,8 +204,10 @@ def rows_from_json(
     named: bool = True,
     what: str = "inputs",
     scan_types: bool = False,
+    latent: bool = False,
 ) -> np.ndarray:
-    """Validated float32 ``[N, dim]`` rows from a JSON ``inputs`` value.
+    """Validated float32 ``[N, dim]`` rows from a JSON ``inputs`` value (data rows are checked
+    against the model's data kind; ``latent=True`` rows, for ``/decode``, are not).
 
     numpy turns ``true``/``false`` into 1/0 silently; ``scan_types=True`` (set when the raw body
     contains such literals, a cheap byte search) checks every value's type first.
@@ -203,7 +226,7 @@ def rows_from_json(
     if isinstance(value[0], Mapping):
         if not named:
             raise InvalidInput(f"{what} must be lists of numbers here, not objects")
-        return _as_rows(_rows_named(value, manifest.feature_names), manifest, what)
+        return _as_rows(_rows_named(value, manifest.feature_names), manifest, what, latent)
     if scan_types:
         err = _diagnose(value, manifest.dim, strict=True)
         if err is not None:
@@ -221,10 +244,12 @@ def rows_from_json(
             expected=manifest.dim,
             got=int(arr.shape[1]),
         )
-    return _as_rows(arr, manifest, what)
+    return _as_rows(arr, manifest, what, latent)
 
 
-def rows_from_npy(body: bytes, manifest: Manifest, *, what: str = "inputs") -> np.ndarray:
+def rows_from_npy(
+    body: bytes, manifest: Manifest, *, what: str = "inputs", latent: bool = False
+) -> np.ndarray:
     """Validated float32 rows from a ``.npy`` body (float32 or float64, ``[N, dim]`` or
     ``[N, *input_shape]``); float32 C-order payloads are used in place, not copied."""
     buf = io.BytesIO(body)
@@ -247,7 +272,7 @@ def rows_from_npy(body: bytes, manifest: Manifest, *, what: str = "inputs") -> n
         )
     arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
     arr = arr.reshape(shape, order="F" if fortran else "C")
-    return _as_rows(arr, manifest, what)
+    return _as_rows(arr, manifest, what, latent)
 
 
 def _jsonable(value: Any) -> Any:

@@ -91,7 +91,7 @@ async def _rows(
     body = await request.body()
     assert mv.manifest is not None
     if kind == "npy":
-        return codec.rows_from_npy(body, mv.manifest), {}
+        return codec.rows_from_npy(body, mv.manifest, latent=not named), {}
     s = state.settings
     limits.check_json_values(body, s.max_rows, mv.manifest.dim, s.max_json_values)
     payload = _object(codec.loads(body), allowed, {"inputs"})
@@ -100,6 +100,7 @@ async def _rows(
         mv.manifest,
         state.settings.max_rows,
         named=named,
+        latent=not named,  # /decode takes latents, not data rows
         scan_types=b"true" in body or b"false" in body,
     )
     return rows, payload
@@ -357,14 +358,20 @@ async def _sample(request: Request, state: ServiceState, mv: ModelVersion) -> Re
             field="temperature",
         )
     model = mv.model
-    assert model is not None
+    assert model is not None and mv.manifest is not None
+    if req.temperature != 1.0 and not mv.manifest.base.takes_temperature:
+        raise OutOfRange(
+            f"temperature has no meaning for this model's {mv.manifest.base.kind} base (a "
+            f"compact manifold): it must be 1, got {req.temperature}",
+            field="temperature",
+        )
     # Small n: the noise is drawn here and the inverse graph runs inline or batched by the same
     # measured-cost rule as /log_prob; large n: drawn on a worker thread too.
     if req.n <= state.engine.inline_max_rows:
         z = model.sample_latent(req.n, req.temperature, req.seed)
     else:
         z = await state.engine.run(model.sample_latent, req.n, req.temperature, req.seed)
-    samples = await state.engine.inverse(model, z)
+    samples = mv.manifest.preprocessing.as_data(await state.engine.inverse(model, z))
     state.metrics.rows_done("sample", mv.name, req.n)
     if codec.wants_npy(request.headers.get("accept")):
         return codec.npy_response(samples, _headers(mv))

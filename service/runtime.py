@@ -22,7 +22,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from flowserve.artifact import ArtifactError, BaseSpec, Manifest, verify_artifact
+from flowserve.artifact import (
+    UNIT_NORM_TOLERANCE,
+    ArtifactError,
+    BaseSpec,
+    Manifest,
+    verify_artifact,
+)
 
 __all__ = [
     "FlowModel",
@@ -56,6 +62,9 @@ def base_log_prob(base: BaseSpec, z: np.ndarray) -> np.ndarray:
     dim = z.shape[1]
     if base.kind == "normal":
         return -0.5 * np.einsum("ij,ij->i", z, z) - 0.5 * dim * _LOG_2PI
+    if base.kind == "sphere":  # uniform on S^2 w.r.t. area; latents are unit vectors
+        on = np.abs(np.einsum("ij,ij->i", z, z) - 1.0) <= 2 * UNIT_NORM_TOLERANCE
+        return np.where(on, -math.log(4 * math.pi), -np.inf)
     assert base.low is not None and base.high is not None
     inside = np.all((z >= base.low) & (z < base.high), axis=1)
     return np.where(inside, -dim * math.log(base.high - base.low), -np.inf)
@@ -152,8 +161,10 @@ class FlowModel:
         return self.manifest.base.sample(n, self.dim, temperature, rng)
 
     def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> np.ndarray:
-        """``n`` rows: :meth:`sample_latent` through the inverse graph."""
-        return self.decode(self.sample_latent(n, temperature, seed))
+        """``n`` rows: :meth:`sample_latent` through the inverse graph (integer pixels for
+        image models: each row is the image whose cell holds the decoded point)."""
+        x = self.decode(self.sample_latent(n, temperature, seed))
+        return self.manifest.preprocessing.as_data(x)
 
     def score_log_prob(self, log_prob: np.ndarray, fpr: float | None = None) -> ScoreResult:
         """Anomaly scores from already computed log-likelihoods (see :meth:`score`).
