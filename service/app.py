@@ -26,6 +26,7 @@ from .routes_ops import admin_router, health_router, models_router
 from .routes_predict import prediction_router
 from .settings import ServiceSettings
 from .state import ServiceState, _default, _named, _versioned
+from .tracing import install_tracing
 
 __all__ = ["create_app"]
 
@@ -104,6 +105,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     # Around even that: every answer, a refused one included, carries its X-Request-ID and is
     # logged.
     app.add_middleware(RequestLog, access_log=settings.access_log)
+    if settings.tracing:  # outermost: the span covers everything the server does
+        install_tracing(app)
     # Most-called routes first: Starlette matches routes in order, and matching is per request.
     app.include_router(prediction_router(_default, "", "default model"))
     app.include_router(prediction_router(_named, "/models/{name}", "named model"))

@@ -41,6 +41,7 @@ _FLAGS: dict[str, str] = {
     "log_level": "log_level",
     "access_log": "access_log",
     "log_format": "log_format",
+    "tracing": "tracing",
     "max_in_flight": "max_in_flight",
     "drain_s": "drain_s",
     "shutdown_timeout_s": "shutdown_timeout_s",
@@ -110,6 +111,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="one log line per request, with its X-Request-ID (default on)",
     )
     a("--log-format", choices=["text", "json"], help="json: one JSON object per log line")
+    a(
+        "--tracing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="OpenTelemetry spans per request (needs the 'tracing' extra)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:

@@ -111,6 +111,9 @@ class ServiceSettings(BaseSettings):
         True, description="one log line per request (flowserve.access logger, with request ID)"
     )
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line")
+    tracing: bool = Field(
+        False, description="OpenTelemetry server spans per request (the 'tracing' extra)"
+    )
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
