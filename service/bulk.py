@@ -179,7 +179,7 @@ def score_frame(
     out["p_value"] = p_value
     # NaN log-likelihoods (unscorable rows) are flagged by the threshold test; say so anyway.
     out["is_anomaly"] = np.asarray(result.is_anomaly, dtype=bool) | ~finite
-    out["status"] = status
+    out["status"] = pd.Series(status, index=df.index, dtype=str)
     return out
 
 
@@ -202,7 +202,7 @@ def score_meta(input_meta: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFra
     for name in ("log_prob", "score", "percentile", "p_value"):
         meta[name] = pd.Series(dtype=np.float64)
     meta["is_anomaly"] = pd.Series(dtype=bool)
-    meta["status"] = pd.Series(dtype=object)
+    meta["status"] = pd.Series(dtype=str)  # pandas' string dtype, as score_frame's column
     return meta
 
 

@@ -242,7 +242,7 @@ def test_batch_score_cli_on_a_running_scheduler(
     frame.to_parquet(src, row_group_size=128)
     dst = tmp_path / "out.parquet"
     args = _cli_args(
-        input=src, output=dst, model_dir=model_dir, keep=["id"],
+        input=src, output=dst, model_dir=model_dir, id_column="id",
         scheduler=cluster.scheduler_info()["address"],
     )  # fmt: skip
     assert bulk_cli.run(args) == 0
