@@ -217,7 +217,8 @@ def _score_chunk(
     errors: str,
 ) -> list[list[Any]]:
     x = chunk.features(feature_names)
-    finite = np.isfinite(x.astype(np.float32)).all(axis=1)  # the model reads float32
+    with np.errstate(over="ignore"):  # the model reads float32: 1e308 is Inf there
+        finite = np.isfinite(x.astype(np.float32)).all(axis=1)
     if not finite.all() and errors == "raise":
         bad = chunk.start + np.flatnonzero(~finite)
         raise ValueError(
