@@ -135,3 +135,30 @@ def test_a_peer_trains_and_scores_every_test_row() -> None:
     log_prob = fit.score(data.test)
     assert log_prob.shape == (64,) and np.isfinite(log_prob).all()
     assert fit.epochs >= 0 and fit.params > 0 and fit.cpu_seconds > 0
+
+
+def _run(method: str, nll: float, excess: float | None = None, share: float = 1.0):
+    r = bench.RunResult("gmm2", method, 0, dim=2, train_rows=100, test_rows=50, nll=nll, se=0.01)
+    r.excess, r.excess_se, r.true_nll = excess, 0.01, None if excess is None else nll - excess
+    r.seconds, r.cpu_seconds = 5.0, 5.0 * share
+    r.family = "nsf 4x64" if method == "flowserve" else ""
+    return r
+
+
+def test_report_compares_flowserve_with_the_best_peer_of_the_run() -> None:
+    summaries = {}
+    for r in [_run("flowserve", 3.5, 0.1), _run("zuko-maf", 3.7, 0.3), _run("zuko-nsf", 3.6, 0.2)]:
+        summaries.setdefault((r.dataset, r.method), bench.Summary(r.dataset, r.method)).runs.append(
+            r
+        )
+    table = bench._table(summaries, ["gmm2"])
+    (mine,) = [line for line in table if "| flowserve |" in line]
+    assert "-0.100 (0.50x excess)" in mine and "nsf 4x64" in mine
+    (verdict,) = bench._verdict(summaries, ["gmm2"], budget=5.0)
+    assert "best peer zuko-nsf" in verdict and "at or below" in verdict and "(<= 0.5)" in verdict
+
+
+def test_a_starved_run_makes_the_report_warn() -> None:
+    assert bench._busy_warning([_run("zuko-maf", 3.7), _run("flowserve", 3.5)]) == []
+    warning = bench._busy_warning([_run("zuko-maf", 3.7, share=0.3), _run("flowserve", 3.5)])
+    assert warning and "30% of a CPU" in warning[0]
