@@ -14,15 +14,16 @@ Two methods (``--calibration``):
   is that of cross-conformal prediction: approximate (each fold model is close to, not the
   same as, the served model), exact only for ``split``.
 
-The fold models' cost is predicted from the served model's measured seconds per epoch; under a
-time budget, ``K`` shrinks to fit what is left (down to 2), and below that the method falls back
-to ``split`` with a warning.
+The fold models' cost is predicted by timing one epoch of their loop; under a time budget,
+``K`` shrinks to fit what is left (down to 2), and below that the method falls back to
+``split`` with a warning that states the attainable false-positive rate.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +103,17 @@ def _fold_model(
     return flow.eval()
 
 
+def _probe_epoch_seconds(flow: Flow, rows: np.ndarray, config: TrainConfig) -> float:
+    """Seconds one epoch of :func:`_fold_model` takes on ``rows`` (the second of two, so that
+    one-off costs do not count)."""
+    started = time.perf_counter()
+    _fold_model(flow, rows, config, [config.lr], seed=0)
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    _fold_model(flow, rows, config, [config.lr], seed=0)
+    return min(first, time.perf_counter() - started)
+
+
 def calibration_scores(
     flow: Flow,
     prepared: PreparedData,
@@ -109,14 +121,14 @@ def calibration_scores(
     *,
     history: list[dict[str, float]],
     best_epoch: int | None,
-    seconds_per_epoch: float,
     seconds_left: float | None,
     build: Callable[[], Flow],
 ) -> CalibrationScores:
     """The calibration log-likelihoods for ``flow`` by :func:`choose_method`.
 
     ``build()`` returns a freshly initialized model of the served family and size (fold models
-    start from it); ``history`` and ``best_epoch`` give the learning rate per epoch to replay.
+    start from it); ``history`` and ``best_epoch`` give the learning rate per epoch to replay;
+    ``seconds_left`` (``None``: no limit) bounds the fold models' time.
     """
     method = choose_method(config, prepared)
     if method == "split":
@@ -127,12 +139,14 @@ def calibration_scores(
     n = len(prepared.train)
     if n < 2 * folds:
         folds = max(2, n // 10)
-    # Each fold model trains on (K-1)/K of the rows for the same epochs.
-    per_fold = seconds_per_epoch * len(lrs) * (folds - 1) / folds
+    # K fold models each train on (K-1)/K of the rows for the same epochs, so K folds cost
+    # (K-1) epochs of all rows per replayed epoch: time one epoch of the fold loop on a
+    # throwaway model, then take the most folds (<= calibration_folds) that fit the time left.
+    epoch_seconds = _probe_epoch_seconds(build(), prepared.train, config)
     if seconds_left is not None and math.isfinite(seconds_left):
-        affordable = int(seconds_left // max(per_fold, 1e-9))
-        if affordable < folds:
-            folds = affordable
+        left = seconds_left - 2 * epoch_seconds
+        while folds >= 2 and (folds - 1) * len(lrs) * epoch_seconds > left:
+            folds -= 1
     if folds < 2 or n < 20:
         warnings.warn(
             "not enough time left in the budget for cross-fitted calibration; calibrating on "

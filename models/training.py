@@ -557,7 +557,7 @@ def check_family(family: str) -> None:
 
 
 # Share of a time budget kept for cross-fitted calibration when that is the method.
-CALIBRATION_SHARE = 0.2
+CALIBRATION_SHARE = 0.4
 
 
 @dataclass
@@ -612,14 +612,12 @@ def fit_model(
             L.seed_everything(chosen.seed + 1, workers=True, verbose=False)
             return build_model(chosen, prepared)
 
-        epochs = max(len(fit.history), 1)
         calibration = calibration_scores(
             fit.flow,
             prepared,
             config,
             history=fit.history,
             best_epoch=fit.best_epoch,
-            seconds_per_epoch=fit.seconds / epochs,
             seconds_left=None if budget.seconds is None else budget.remaining(),
             build=build,
         )
