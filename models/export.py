@@ -57,6 +57,7 @@ from flowserve.artifact import (
     verify_artifact,
     write_manifest,
 )
+from flowserve.models import export_gate as gate
 from flowserve.models.base import Flow, Standardize
 from flowserve.models.chain_rule import export_chain_rule, manifest_fields
 from flowserve.models.optimize import optimize_graph
@@ -231,6 +232,27 @@ def _run_batched(fn: Any, rows: np.ndarray, batch: int = _BATCH) -> list[np.ndar
     for start in range(0, rows.shape[0], batch):
         parts.append(list(fn(rows[start : start + batch])))
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def _gate_parity(fwd: nn.Module, fsess: Any, rows: np.ndarray, what: str, atol: float) -> float:
+    """Max |log_prob| difference, ONNX Runtime vs torch, on one gate set; raises
+    :class:`ExportError` past the tolerance (a non-finite value must be the same on both)."""
+    with torch.no_grad():
+        ref = fwd(torch.from_numpy(rows))[1].numpy().astype(np.float64)
+    (got,) = _run_batched(lambda b: fsess.run(["log_prob"], {"x": b}), rows, _PARITY_BATCH)
+    got = got.astype(np.float64)
+    both = np.isfinite(ref) & np.isfinite(got)
+    same = ~np.isfinite(ref) & (ref == got)
+    diff = np.where(both, np.abs(got - ref), np.where(same, 0.0, np.inf))
+    allowed = atol + LOG_PROB_RTOL * np.abs(np.where(both, ref, 0.0))
+    if not np.all(diff <= allowed):
+        worst = int(np.argmax(diff - allowed))
+        raise ExportError(
+            f"ONNX Runtime log_prob disagrees with torch on {what} rows (row {worst}: onnx "
+            f"{got[worst]:.6g}, torch {ref[worst]:.6g}); the tolerance is {atol:g} + "
+            f"{LOG_PROB_RTOL:g}*|log_prob|"
+        )
+    return float(np.max(diff, initial=0.0))
 
 
 def _feature_scale(flow: Flow, dim: int) -> np.ndarray:
@@ -433,15 +455,28 @@ def export_artifact(
         lambda b: fsess.run(["z", "log_prob"], {"x": b}), check, _PARITY_BATCH
     )
     lp_diff = np.abs(lp_onnx.astype(np.float64) - lp_ref)
-    allowed = LOG_PROB_ATOL + LOG_PROB_RTOL * np.abs(lp_ref)
-    lp_tol = float(LOG_PROB_ATOL + LOG_PROB_RTOL * np.max(np.abs(lp_ref)))
+    atol = gate.log_prob_atol(str(model.family), LOG_PROB_ATOL)
+    allowed = atol + LOG_PROB_RTOL * np.abs(lp_ref)
+    lp_tol = float(atol + LOG_PROB_RTOL * np.max(np.abs(lp_ref)))
     max_lp_diff = float(np.max(lp_diff)) if np.all(np.isfinite(lp_diff)) else float("inf")
     if not np.all(lp_diff <= allowed):
         worst = int(np.argmax(np.where(np.isfinite(lp_diff), lp_diff - allowed, np.inf)))
         raise ExportError(
             f"ONNX Runtime log_prob disagrees with torch: max |diff| {max_lp_diff:.3g} nats "
             f"(row {worst}: onnx {lp_onnx[worst]:.6g}, torch {lp_ref[worst]:.6g}) exceeds the "
-            f"tolerance {LOG_PROB_ATOL:g} + {LOG_PROB_RTOL:g}*|log_prob|"
+            f"tolerance {atol:g} + {LOG_PROB_RTOL:g}*|log_prob|"
+        )
+    # The gate also checks fresh and out-of-distribution rows (models/export_gate.py).
+    kind = preprocessing.data_kind if preprocessing is not None else "real"
+    by_set, counts = {"heldout": max_lp_diff}, {"heldout": int(check.shape[0])}
+    for set_name, extra in gate.gate_rows(model, check, kind).items():
+        by_set[set_name] = _gate_parity(fwd, fsess, extra, set_name, atol)
+        counts[set_name] = int(extra.shape[0])
+    solver = gate.solver_error(model, check[: gate.GATE_ROWS], lp_onnx[: gate.GATE_ROWS])
+    if solver is not None and not solver <= gate.SOLVER_TOL:
+        raise ExportError(
+            f"the ODE solver's error in log_prob is {solver:.3g} nats against a finer solve, "
+            f"above {gate.SOLVER_TOL:g}: train or export with more steps (--param steps=...)"
         )
 
     (x_back,) = _run_batched(
@@ -502,7 +537,10 @@ def export_artifact(
         family=str(model.family),
         hyperparameters=dict(model.hparams),
         dim=dim,
-        input_shape=list(row_shape),
+        # Image rows travel flat, but their shape is what /models shows and .npy bodies may use.
+        input_shape=[int(s) for s in model.hparams.get("shape", row_shape)]
+        if kind == "image"
+        else list(row_shape),
         feature_names=list(feature_names),
         base=base,
         preprocessing=_preprocessing(model, preprocessing),
@@ -515,6 +553,10 @@ def export_artifact(
             roundtrip_max_abs_error=rt_max,
             roundtrip_tolerance=ROUNDTRIP_TOL,
             torchscript_max_abs_log_prob_diff=ts_diff,
+            checked_rows=counts,
+            max_abs_log_prob_diff_by_set=by_set,
+            solver_error=solver,
+            solver_tolerance=gate.SOLVER_TOL if solver is not None else None,
         ),
         torchscript=TORCHSCRIPT_FILE if ts_diff is not None else None,
         **manifest_fields(chain_order),

@@ -10,8 +10,8 @@ real-valued columns), and the kind decides the flow's ``preprocess``:
   get ``log_prob = -inf`` (zero density w.r.t. the sphere's area), instead of being projected
   silently.
 - ``image``: :class:`Dequantize`: in training, ``v = x + u - 1/2`` with ``u ~ U[0, 1)^D``, so the
-  model is trained on (and evaluated as) a valid dequantized bound; the served graphs are
-  exported with it switched off and score integer rows at their cell centres.
+  model is trained on a valid dequantized bound; evaluation mode and the served graphs (exported
+  with it switched off) score integer rows at their cell centres.
 
 :func:`dequantized_nll` is the valid bound on the discrete negative log-likelihood (nats per row)
 that image metrics report as bits/dim.
@@ -84,7 +84,9 @@ class OnUnitSphere(Transform):
 
 class Dequantize(Transform):
     """Centred uniform dequantization ``v = x + u - 1/2``, ``u ~ U[0, 1)^D`` (log-det 0, since
-    ``log q(u | x) = 0``), while ``enabled``; the identity otherwise (and always in ``inverse``).
+    ``log q(u | x) = 0``), in training mode while ``enabled``; the identity otherwise (and
+    always in ``inverse``). Evaluation-mode scores are thus those of the served graphs (integer
+    rows at their cell centres: what calibration needs); :func:`dequantized_nll` is the bound.
 
     ``log p(v)`` is then a one-sample lower bound on ``log P(x)``, the probability of the integer
     row (Theis et al., 2016).
@@ -99,7 +101,7 @@ class Dequantize(Transform):
         self.enabled = bool(enabled)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.enabled:
+        if self.enabled and self.training:
             x = x + (torch.rand_like(x) - 0.5)
         return x, x.new_zeros(x.shape[0])
 
