@@ -28,7 +28,9 @@ def _calibration(seed: int = 0) -> Calibration:
 
 def _manifest(directory: Path, **overrides: object) -> Manifest:
     for fname in ("forward.onnx", "inverse.onnx"):
-        (directory / fname).write_bytes(b"graph " + fname.encode())
+        # a well-formed ONNX protobuf (only producer_name set), distinct per file: verify
+        # reads the graphs' external-data references
+        (directory / fname).write_bytes(bytes([0x12, len(fname)]) + fname.encode())
     fields: dict[str, object] = dict(
         name="demo",
         version=1,
