@@ -21,7 +21,7 @@ from .limits import BodySizeLimit, InFlightLimit
 from .metrics import ServiceMetrics
 from .openapi import openapi_document
 from .repository import ModelRepository
-from .request_log import RequestLog
+from .request_log import InFlight, RequestLog
 from .routes_ops import admin_router, health_router, models_router
 from .routes_predict import prediction_router
 from .settings import ServiceSettings
@@ -51,6 +51,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         inter_op_threads=settings.ort_inter_op_threads,
         on_load_failure=metrics.load_failure,
     )
+    in_flight = InFlight()  # counted by RequestLog, read by the engine's inline rule
     engine = InferenceEngine(
         batching=settings.batching,
         max_batch_size=settings.max_batch_size,
@@ -59,6 +60,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         on_batch=metrics.observe_batch,
         inline_max_rows=settings.inline_max_rows,
         inline_max_s=settings.inline_max_ms / 1000.0,
+        in_flight=in_flight,
     )
     state = ServiceState(settings, repository, engine, metrics)
 
@@ -104,7 +106,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(InFlightLimit, max_in_flight=settings.max_in_flight, on_reject=metrics.error)
     # Around even that: every answer, a refused one included, carries its X-Request-ID and is
     # logged.
-    app.add_middleware(RequestLog, access_log=settings.access_log)
+    app.add_middleware(RequestLog, access_log=settings.access_log, in_flight=in_flight)
     if settings.tracing:  # outermost: the span covers everything the server does
         install_tracing(app)
     # Most-called routes first: Starlette matches routes in order, and matching is per request.

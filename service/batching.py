@@ -252,8 +252,13 @@ class InferenceEngine:
         on_batch: Callable[[int, int], None] | None = None,
         inline_max_rows: int = 0,
         inline_max_s: float = 0.0,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
         self.batching = batching
+        # HTTP requests in progress (None: unknown, taken as one). Inline runs only for a request
+        # alone on the server: under load, worker threads let ONNX Runtime (which releases the
+        # GIL) compute while the event loop parses the next requests, and queued requests merge.
+        self.in_flight = in_flight
         self.inline_max_rows = inline_max_rows
         self.inline_max_s = inline_max_s
         self.max_batch_size = max_batch_size
@@ -314,7 +319,11 @@ class InferenceEngine:
 
     def _inline_ok(self, model: FlowModel, rows: int, role: str = "forward") -> bool:
         # For small models a thread hop (and the GIL hand-over) costs more than the inference.
-        return rows <= self.inline_max_rows and _call_cost_s(model, rows, role) <= self.inline_max_s
+        return (
+            rows <= self.inline_max_rows
+            and (self.in_flight is None or self.in_flight() <= 1)
+            and _call_cost_s(model, rows, role) <= self.inline_max_s
+        )
 
     async def _graph(self, model: FlowModel, rows: np.ndarray, role: str) -> Outputs:
         start = time.perf_counter_ns()

@@ -103,3 +103,28 @@ def test_sample_runs_the_inverse_graph_through_the_engine(tmp_path: Path) -> Non
             assert stats.inference_count == before + n  # counted as the engine's graph call
             again = client.post("/sample", json={"n": n, "seed": 11}).json()["samples"]
             assert again == got
+
+
+def test_inline_only_for_a_request_alone_on_the_server() -> None:
+    """Under load (other HTTP requests in progress) even cheap calls go to worker threads, where
+    ONNX Runtime computes while the event loop parses the next requests."""
+    from flowserve.service.batching import InferenceEngine
+
+    class Cheap(RecordingModel):
+        def call_cost_s(self, rows: int, direction: str = "forward") -> float:
+            return 1e-6
+
+    loop_thread = threading.get_ident()
+    for in_flight, inline in ((1, True), (5, False)):
+        for batching in (True, False):
+            model = Cheap()
+
+            async def go(model: Cheap = model, n: int = in_flight, b: bool = batching) -> None:
+                engine = InferenceEngine(
+                    batching=b, inline_max_rows=8, inline_max_s=1e-3, in_flight=lambda: n
+                )
+                await engine.forward(model, np.ones((2, 3), dtype=np.float32))  # type: ignore[arg-type]
+
+            asyncio.run(go())
+            [(_, thread)] = model.calls
+            assert (thread == loop_thread) is inline, (in_flight, batching)
