@@ -493,8 +493,10 @@ def _check_external_data(directory: Path, graph: str, path: Path, files: dict[st
 
     try:
         locations = external_data_locations(path.read_bytes())
-    except (OSError, OnnxFormatError) as e:
-        raise ArtifactError(f"{directory}: graph {graph} is not a readable ONNX model: {e}") from e
+    except OSError as e:
+        raise ArtifactError(f"{directory}: graph {graph} cannot be read: {e}") from e
+    except OnnxFormatError:
+        return  # not a protobuf at all: ONNX Runtime refuses it too, and reads nothing else
     base = str(Path(graph).parent)
     for location in locations:
         rel = location if base == "." else f"{base}/{location}"

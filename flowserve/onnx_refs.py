@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 __all__ = ["OnnxFormatError", "external_data_locations"]
 
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+_VARINT, _I64, _LEN, _START_GROUP, _END_GROUP, _I32 = 0, 1, 2, 3, 4, 5
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 _MAX_DEPTH = 64  # nested subgraphs; real models stay far below
 
@@ -58,8 +58,34 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int, memoryview | int]]:
             if pos > len(buf):
                 raise OnnxFormatError("truncated fixed-width field")
             yield number, wire, 0
+        elif wire == _START_GROUP:  # deprecated, but parsers skip it: so must this one
+            pos = _skip_group(buf, pos, number)
         else:
-            raise OnnxFormatError(f"unsupported protobuf wire type {wire}")
+            raise OnnxFormatError(f"invalid protobuf wire type {wire}")
+
+
+def _skip_group(buf: memoryview, pos: int, number: int) -> int:
+    """The position after the END_GROUP that closes group ``number`` (nested groups too)."""
+    depth = 1
+    while depth:
+        if pos >= len(buf):
+            raise OnnxFormatError("unterminated group")
+        key, pos = _varint(buf, pos)
+        wire = key & 7
+        if wire == _VARINT:
+            _, pos = _varint(buf, pos)
+        elif wire == _LEN:
+            size, pos = _varint(buf, pos)
+            pos += size
+        elif wire in (_I64, _I32):
+            pos += 8 if wire == _I64 else 4
+        elif wire == _START_GROUP:
+            depth += 1
+        elif wire == _END_GROUP:
+            depth -= 1
+        else:
+            raise OnnxFormatError(f"invalid protobuf wire type {wire}")
+    return pos
 
 
 def _tensor(buf: memoryview, out: list[str]) -> None:

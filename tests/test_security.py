@@ -124,6 +124,33 @@ def test_external_data_locations_match_onnx(tmp_path: Path) -> None:
     assert len(expected) > 0 and got == ["weights.bin"] * len(expected)
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def test_external_data_behind_a_group_field_is_still_found(tmp_path: Path) -> None:
+    """Protobuf parsers skip unknown (deprecated) group fields; so does this reader, rather
+    than giving up on the graph and letting its external data through."""
+    directory, _ = build_affine_artifact(tmp_path, "toy", 1)
+    _externalize(directory)
+    group = _varint(99 << 3 | 3) + b"\x08\x01" + _varint(99 << 3 | 4)
+    data = group + (directory / FORWARD_GRAPH).read_bytes()
+    assert len(external_data_locations(data)) == len(external_data_locations(data[len(group) :]))
+    assert external_data_locations(data) and set(external_data_locations(data)) == {"weights.bin"}
+    # bytes that are no protobuf at all: ONNX Runtime cannot load them either, and says so
+    (directory / FORWARD_GRAPH).write_bytes(b"not an onnx graph")
+    files = {f: sha256_file(directory / f) for f in (FORWARD_GRAPH, "inverse.onnx")}
+    _rewrite_manifest(directory, files=files)
+    assert verify_artifact(directory).name == "toy"
+    mv = ModelRepository(tmp_path).reload().models["toy"][1]
+    assert mv.status == "failed" and "ONNX Runtime cannot load" in mv.error
+
+
 def test_external_data_must_be_checksummed(tmp_path: Path) -> None:
     directory, flow = build_affine_artifact(tmp_path, "toy", 1)
     _externalize(directory)
