@@ -77,9 +77,11 @@ class DynamicBatcher:
         max_inflight: int = 2,
         on_batch: Callable[[int, int], None] | None = None,
         inline: Callable[[FlowModel, int], bool] | None = None,
+        alone: Callable[[], bool] | None = None,
     ) -> None:
         self._call = call
         self._inline = inline  # (model, rows) -> run this merged batch on the event loop?
+        self._alone = alone  # () -> is this the only request on the server? (None: yes)
         self._limiter = limiter
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -96,9 +98,10 @@ class DynamicBatcher:
         """The graph's outputs for ``rows`` (computed alone or within a merged batch)."""
         if len(rows) >= self.max_batch_size:
             return await self._run_alone(model, rows)
-        if self._busy == 0 and not self._pending and self.max_delay_s == 0:
+        if self._busy == 0 and not self._pending and self.max_delay_s == 0 and self._is_alone():
             # Idle: nothing to merge with, so no future, no task, no extra loop turn. Requests
-            # arriving while this one computes queue up and leave together, as usual.
+            # arriving while this one computes queue up and leave together, as usual. Under load
+            # (other requests in progress) everything queues, so that batches stay large.
             return await self._run_now(model, rows)
         loop = asyncio.get_running_loop()
         item = _Item(model, rows, loop.create_future(), loop.time())
@@ -109,6 +112,9 @@ class DynamicBatcher:
         if self._dispatcher is None:
             self._dispatcher = asyncio.create_task(self._dispatch())
         return await item.future
+
+    def _is_alone(self) -> bool:
+        return self._alone is None or self._alone()
 
     async def _run_now(self, model: FlowModel, rows: np.ndarray) -> Outputs:
         if self._on_batch is not None:
@@ -314,14 +320,18 @@ class InferenceEngine:
                 max_inflight=self.threads,
                 on_batch=self.on_batch,
                 inline=functools.partial(self._inline_ok, role=role),
+                alone=self._alone,
             )
         return batcher
+
+    def _alone(self) -> bool:
+        return self.in_flight is None or self.in_flight() <= 1
 
     def _inline_ok(self, model: FlowModel, rows: int, role: str = "forward") -> bool:
         # For small models a thread hop (and the GIL hand-over) costs more than the inference.
         return (
             rows <= self.inline_max_rows
-            and (self.in_flight is None or self.in_flight() <= 1)
+            and self._alone()
             and _call_cost_s(model, rows, role) <= self.inline_max_s
         )
 

@@ -128,3 +128,17 @@ def test_inline_only_for_a_request_alone_on_the_server() -> None:
             asyncio.run(go())
             [(_, thread)] = model.calls
             assert (thread == loop_thread) is inline, (in_flight, batching)
+
+
+def test_under_load_even_the_first_request_queues() -> None:
+    """With other requests in progress the fast path is off: requests queue and merge."""
+    for alone, calls in ((True, [1, 1]), (False, [2])):
+        model = RecordingModel()
+
+        async def main(alone: bool = alone, model: RecordingModel = model) -> None:
+            batcher, _ = _batcher(inline=False, alone=lambda: alone)
+            x = np.ones((1, 2), dtype=np.float32)
+            await asyncio.gather(batcher.submit(model, x), batcher.submit(model, x))  # type: ignore[arg-type]
+
+        asyncio.run(main())
+        assert sorted(rows for rows, _ in model.calls) == calls
