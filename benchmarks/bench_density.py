@@ -843,7 +843,8 @@ def main(argv: list[str] | None = None) -> int:
             detail = r.error or (
                 f"NLL {r.nll:.3f} ± {r.se:.3f}"
                 + (f"  excess {r.excess:.3f}" if r.excess is not None else "")
-                + f"  {_epochs(r.epochs)} epochs  {r.seconds:.1f} s  {r.params} params  {r.family}"
+                + f"  {_epochs(r.epochs)} epochs  {r.seconds:.1f} s (CPU share {r.cpu_share:.2f})"
+                + f"  {r.params} params  {r.family}"
                 + (f"  ({r.note})" if r.note else "")
             )
             print(f"  {r.dataset:14s} seed {r.seed}  {r.method:14s} {detail}", flush=True)
