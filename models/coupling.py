@@ -32,6 +32,7 @@ __all__ = [
     "check_coupling_dim",
     "checkerboard_mask",
     "layer_scale_bound",
+    "mixing_mask",
 ]
 
 # Total |log-scale| (nats) the couplings of one flow may apply to a feature: e^24 * 1e4 ~ 3e14,
@@ -48,6 +49,28 @@ def check_coupling_dim(family: str, dim: int) -> None:
             f"{family} needs dim >= 2 (a coupling layer splits the features into two non-empty "
             f"parts), got dim={dim}; for 1-D data use 'planar', 'radial', 'maf' or 'nsf'"
         )
+
+
+def mixing_mask(dim: int, layer: int) -> Tensor:
+    """The kept-feature mask of coupling layer ``layer`` in a stack: pairs of layers use
+    complementary masks (so every feature is transformed by one layer of each pair), the first
+    pair the checkerboard and every later pair a fixed, seeded random half of the features.
+
+    With one fixed partition, features of the same half never condition on each other; new
+    partitions let every pair of features interact within a few layers.
+
+    Example:
+        >>> mixing_mask(4, 0).tolist(), mixing_mask(4, 1).tolist()
+        ([True, False, True, False], [False, True, False, True])
+    """
+    pair = layer // 2
+    if pair == 0 or dim < 3:
+        base = checkerboard_mask(dim, 0)
+    else:
+        order = torch.randperm(dim, generator=torch.Generator().manual_seed(1000 + pair))
+        base = torch.zeros(dim, dtype=torch.bool)
+        base[order[: dim // 2]] = True
+    return base if layer % 2 == 0 else ~base
 
 
 def checkerboard_mask(dim: int, parity: int) -> Tensor:
@@ -245,10 +268,9 @@ def build_realnvp(
     """
     check_coupling_dim("realnvp", dim)
     _check_layers("realnvp", layers)
-    # Alternating masks: each feature is transformed by every other layer.
+    # Complementary masks in pairs: each feature is transformed by every other layer.
     bound = layer_scale_bound(clamp, math.ceil(layers / 2))
     couplings = [
-        AffineCoupling(checkerboard_mask(dim, i), hidden, depth, scale_bound=bound)
-        for i in range(layers)
+        AffineCoupling(mixing_mask(dim, i), hidden, depth, scale_bound=bound) for i in range(layers)
     ]
     return Flow(Chain(couplings), StandardNormal((dim,)))

@@ -21,6 +21,7 @@ from flowserve.models.autoregressive import (
     check_hparams,
 )
 from flowserve.models.base import Chain, Flow, StandardNormal, Transform, register_family
+from flowserve.models.coupling import mixing_mask
 from flowserve.models.nets import mlp, soft_clamp
 
 __all__ = [
@@ -190,6 +191,8 @@ class SplineCoupling(Transform):
         hidden: The width of the conditioner's hidden layers.
         hidden_layers: The number of conditioner hidden layers.
         swap: Whether the first half (rather than the second) is transformed.
+        mask: Boolean mask over the features, True for the kept (conditioning) ones; overrides
+            the contiguous halves (build_nsf uses ``mixing_mask`` from the coupling module).
 
     References:
         | Neural Spline Flows (Durkan et al., 2019)
@@ -203,25 +206,33 @@ class SplineCoupling(Transform):
         hidden: int = 64,
         hidden_layers: int = 2,
         swap: bool = False,
+        mask: Tensor | None = None,
     ) -> None:
         super().__init__()
         if dim < 2:
             raise ValueError(f"a coupling layer needs dim >= 2 to split, got dim={dim}")
-        self.split, self.swap, self.spline = dim // 2, swap, spline
-        n_cond = dim - self.split if swap else self.split
-        self.n_target = dim - n_cond
-        self.net = mlp(n_cond, self.n_target * spline.num_params, hidden, hidden_layers)
+        if mask is None:  # contiguous halves; ``swap`` transforms the first
+            mask = torch.arange(dim) >= dim // 2 if swap else torch.arange(dim) < dim // 2
+        mask = torch.as_tensor(mask, dtype=torch.bool).reshape(-1)
+        if mask.numel() != dim or mask.all() or not mask.any():
+            raise ValueError(f"a coupling mask needs kept and transformed features, got {mask}")
+        kept, changed = torch.nonzero(mask).reshape(-1), torch.nonzero(~mask).reshape(-1)
+        self.register_buffer("kept", kept)
+        self.register_buffer("changed", changed)
+        self.register_buffer("merge", torch.argsort(torch.cat([kept, changed])))
+        self.spline = spline
+        self.n_target = int(changed.numel())
+        self.net = mlp(int(kept.numel()), self.n_target * spline.num_params, hidden, hidden_layers)
 
     def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        first, second = x[:, : self.split], x[:, self.split :]
-        cond, target = (second, first) if self.swap else (first, second)
+        cond, target = x.index_select(1, self.kept), x.index_select(1, self.changed)
         # Bounded conditioner inputs: rows far outside the spline's interval cannot push the
         # network into saturated (near-zero derivative) splines.
-        cond = soft_clamp(cond, self.spline.bound)
-        params = self.net(cond).reshape(x.shape[0], self.n_target, self.spline.num_params)
+        params = self.net(soft_clamp(cond, self.spline.bound))
+        params = params.reshape(x.shape[0], self.n_target, self.spline.num_params)
         f = self.spline.inverse if inverse else self.spline.forward
         out, ld = f(target, params)
-        y = torch.cat([out, second] if self.swap else [first, out], dim=1)
+        y = torch.cat([cond, out], dim=1).index_select(1, self.merge)
         return y, ld.sum(dim=1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -269,7 +280,8 @@ def build_nsf(
         if dim == 1:
             transforms.append(MaskedAutoregressiveTransform(1, spline, hidden, hidden_layers))
         else:
-            transforms.append(SplineCoupling(dim, spline, hidden, hidden_layers, swap=i % 2 == 1))
+            coupling = SplineCoupling(dim, spline, hidden, hidden_layers, mask=mixing_mask(dim, i))
+            transforms.append(coupling)
     return Flow(Chain(transforms), StandardNormal((dim,)))
 
 
