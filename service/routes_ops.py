@@ -42,6 +42,7 @@ def version_info(mv: ModelVersion) -> VersionInfo:
         input_shape=m.input_shape,
         feature_names=m.feature_names,
         base=m.base.kind,
+        data_kind=m.preprocessing.data_kind,
         runtime=mv.model.runtime if mv.model is not None else None,
         metrics=m.metrics.model_dump(exclude_none=True),
         calibration=CalibrationSummary(

@@ -229,8 +229,13 @@ class VersionInfo(BaseModel):
     input_shape: list[int] | None = None
     feature_names: list[str] | None = None
     base: str | None = None
+    data_kind: str | None = Field(
+        None, description="real, angle, unit_vector or image: which rows the model takes"
+    )
     runtime: str | None = None
-    metrics: dict[str, float | int | None] | None = None
+    metrics: dict[str, float | int | str | None] | None = Field(
+        None, description="bits_per_dim_kind: which bits/dim (a dequantized bound for images)"
+    )
     calibration: CalibrationSummary | None = None
     drift: DriftInfo | None = Field(None, description="null until rows have been scored")
     created_at: datetime | None = None

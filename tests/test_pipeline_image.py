@@ -133,6 +133,12 @@ def test_samples_are_integer_images(client: TestClient, name: str) -> None:
     np.testing.assert_array_equal(again, s)
 
 
+def test_models_says_which_bound_bits_per_dim_is(client: TestClient) -> None:
+    info = client.get("/models/glow").json()["versions"][0]
+    assert info["data_kind"] == "image" and info["input_shape"] == [1, 8, 8]
+    assert info["metrics"]["bits_per_dim_kind"] == "dequantized_bound"
+
+
 @pytest.mark.parametrize("pixel", [0.5, 17.0, -1.0])
 def test_pixels_off_the_integer_levels_are_refused(client: TestClient, pixel: float) -> None:
     x = _digits()[:3].copy()
