@@ -21,7 +21,7 @@ from .limits import BodySizeLimit, InFlightLimit
 from .metrics import ServiceMetrics
 from .openapi import openapi_document
 from .repository import ModelRepository
-from .request_log import InFlight, RequestLog
+from .request_log import RequestLog
 from .routes_ops import admin_router, health_router, models_router
 from .routes_predict import prediction_router
 from .settings import ServiceSettings
@@ -51,7 +51,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         inter_op_threads=settings.ort_inter_op_threads,
         on_load_failure=metrics.load_failure,
     )
-    in_flight = InFlight()  # counted by RequestLog, read by the engine's inline rule
     engine = InferenceEngine(
         batching=settings.batching,
         max_batch_size=settings.max_batch_size,
@@ -60,7 +59,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         on_batch=metrics.observe_batch,
         inline_max_rows=settings.inline_max_rows,
         inline_max_s=settings.inline_max_ms / 1000.0,
-        in_flight=in_flight,
     )
     state = ServiceState(settings, repository, engine, metrics)
 
@@ -95,8 +93,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         docs_url=None,  # /docs and /redoc with local assets, below
         redoc_url=None,
     )
-    if not install_offline_docs(app):
-        log.warning("fastapi-offline is not installed: no /docs or /redoc")
     app.state.flowserve = state
     install_error_handlers(app, on_error=metrics.error)
     app.add_middleware(
@@ -106,7 +102,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(InFlightLimit, max_in_flight=settings.max_in_flight, on_reject=metrics.error)
     # Around even that: every answer, a refused one included, carries its X-Request-ID and is
     # logged.
-    app.add_middleware(RequestLog, access_log=settings.access_log, in_flight=in_flight)
+    app.add_middleware(RequestLog, access_log=settings.access_log)
     if settings.tracing:  # outermost: the span covers everything the server does
         install_tracing(app)
     # Most-called routes first: Starlette matches routes in order, and matching is per request.
@@ -119,5 +115,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(models_router)
     app.include_router(admin_router)
     app.include_router(kserve_v2_router())
+    # After the model routes: Starlette tries routes in order, on every request.
+    if not install_offline_docs(app):
+        log.warning("fastapi-offline is not installed: no /docs or /redoc")
     app.openapi = lambda: openapi_document(app, state)  # type: ignore[method-assign]
     return app

@@ -19,10 +19,10 @@ on the worker threads (ONNX Runtime releases the GIL while it computes).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import math
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -77,11 +77,9 @@ class DynamicBatcher:
         max_inflight: int = 2,
         on_batch: Callable[[int, int], None] | None = None,
         inline: Callable[[FlowModel, int], bool] | None = None,
-        alone: Callable[[], bool] | None = None,
     ) -> None:
         self._call = call
         self._inline = inline  # (model, rows) -> run this merged batch on the event loop?
-        self._alone = alone  # () -> is this the only request on the server? (None: yes)
         self._limiter = limiter
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -92,17 +90,11 @@ class DynamicBatcher:
         self._full = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
-        self._busy = 0  # graph calls in flight (merged batches and fast-path requests)
 
     async def submit(self, model: FlowModel, rows: np.ndarray) -> Outputs:
         """The graph's outputs for ``rows`` (computed alone or within a merged batch)."""
         if len(rows) >= self.max_batch_size:
             return await self._run_alone(model, rows)
-        if self._busy == 0 and not self._pending and self.max_delay_s == 0 and self._is_alone():
-            # Idle: nothing to merge with, so no future, no task, no extra loop turn. Requests
-            # arriving while this one computes queue up and leave together, as usual. Under load
-            # (other requests in progress) everything queues, so that batches stay large.
-            return await self._run_now(model, rows)
         loop = asyncio.get_running_loop()
         item = _Item(model, rows, loop.create_future(), loop.time())
         self._pending.append(item)
@@ -112,22 +104,6 @@ class DynamicBatcher:
         if self._dispatcher is None:
             self._dispatcher = asyncio.create_task(self._dispatch())
         return await item.future
-
-    def _is_alone(self) -> bool:
-        return self._alone is None or self._alone()
-
-    async def _run_now(self, model: FlowModel, rows: np.ndarray) -> Outputs:
-        if self._on_batch is not None:
-            self._on_batch(len(rows), 1)
-        if self._inline is not None and self._inline(model, len(rows)):
-            return self._call(model, rows)  # no await: nothing else runs meanwhile
-        await self._slots.acquire()  # free (nothing is busy): returns without suspending
-        self._busy += 1
-        try:
-            return await anyio.to_thread.run_sync(self._call, model, rows, limiter=self._limiter)
-        finally:
-            self._busy -= 1
-            self._slots.release()
 
     async def _run_alone(self, model: FlowModel, rows: np.ndarray) -> Outputs:
         if self._on_batch is not None:
@@ -176,7 +152,6 @@ class DynamicBatcher:
         return self._inline is not None and self._inline(batch[0].model, rows)
 
     async def _run(self, batch: list[_Item]) -> None:
-        self._busy += 1
         try:
             rows = batch[0].rows if len(batch) == 1 else np.concatenate([b.rows for b in batch])
             if self._on_batch is not None:
@@ -193,7 +168,6 @@ class DynamicBatcher:
                     item.future.set_exception(e)
             return
         finally:
-            self._busy -= 1
             self._slots.release()
         start = 0
         for item in batch:
@@ -207,33 +181,50 @@ class DynamicBatcher:
 class ModelStats:
     """Counters of one loaded model version in this process, in the terms of the Open Inference
     Protocol's statistics extension: requests (success/fail, with their total time), rows
-    (``inference_count``) and graph calls (``execution_count``, with their compute time)."""
+    (``inference_count``) and graph calls (``execution_count``, with their compute time).
+
+    No lock: requests are counted on the event loop; graph calls, which finish on worker
+    threads, are appended to a deque (atomic) and summed when read. A lock shared with the
+    worker threads had halved throughput under load (the event loop waited on it for the GIL).
+    """
 
     success_count: int = 0
     success_ns: int = 0
     fail_count: int = 0
     fail_ns: int = 0
     inference_count: int = 0
-    execution_count: int = 0
-    compute_ns: int = 0
     last_inference_ms: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _execution_count: int = 0
+    _compute_ns: int = 0
+    _executions: collections.deque[int] = field(default_factory=collections.deque, repr=False)
 
     def request(self, rows: int, ok: bool, ns: int) -> None:
-        with self._lock:
-            if ok:
-                self.success_count += 1
-                self.success_ns += ns
-                self.inference_count += rows
-            else:
-                self.fail_count += 1
-                self.fail_ns += ns
-            self.last_inference_ms = time.time_ns() // 1_000_000
+        if ok:
+            self.success_count += 1
+            self.success_ns += ns
+            self.inference_count += rows
+        else:
+            self.fail_count += 1
+            self.fail_ns += ns
+        self.last_inference_ms = time.time_ns() // 1_000_000
 
     def execution(self, ns: int) -> None:
-        with self._lock:  # graph calls finish on worker threads
-            self.execution_count += 1
-            self.compute_ns += ns
+        self._executions.append(ns)
+
+    def _fold(self) -> None:
+        while self._executions:
+            self._compute_ns += self._executions.popleft()
+            self._execution_count += 1
+
+    @property
+    def execution_count(self) -> int:
+        self._fold()
+        return self._execution_count
+
+    @property
+    def compute_ns(self) -> int:
+        self._fold()
+        return self._compute_ns
 
 
 def _call_cost_s(model: FlowModel, rows: int, role: str) -> float:
@@ -258,13 +249,8 @@ class InferenceEngine:
         on_batch: Callable[[int, int], None] | None = None,
         inline_max_rows: int = 0,
         inline_max_s: float = 0.0,
-        in_flight: Callable[[], int] | None = None,
     ) -> None:
         self.batching = batching
-        # HTTP requests in progress (None: unknown, taken as one). Inline runs only for a request
-        # alone on the server: under load, worker threads let ONNX Runtime (which releases the
-        # GIL) compute while the event loop parses the next requests, and queued requests merge.
-        self.in_flight = in_flight
         self.inline_max_rows = inline_max_rows
         self.inline_max_s = inline_max_s
         self.max_batch_size = max_batch_size
@@ -320,20 +306,12 @@ class InferenceEngine:
                 max_inflight=self.threads,
                 on_batch=self.on_batch,
                 inline=functools.partial(self._inline_ok, role=role),
-                alone=self._alone,
             )
         return batcher
 
-    def _alone(self) -> bool:
-        return self.in_flight is None or self.in_flight() <= 1
-
     def _inline_ok(self, model: FlowModel, rows: int, role: str = "forward") -> bool:
         # For small models a thread hop (and the GIL hand-over) costs more than the inference.
-        return (
-            rows <= self.inline_max_rows
-            and self._alone()
-            and _call_cost_s(model, rows, role) <= self.inline_max_s
-        )
+        return rows <= self.inline_max_rows and _call_cost_s(model, rows, role) <= self.inline_max_s
 
     async def _graph(self, model: FlowModel, rows: np.ndarray, role: str) -> Outputs:
         start = time.perf_counter_ns()

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ACCESS_LOGGER", "InFlight", "JsonFormatter", "RequestLog", "configure_logging"]
+__all__ = ["ACCESS_LOGGER", "JsonFormatter", "RequestLog", "configure_logging"]
 
 ACCESS_LOGGER = "flowserve.access"
 _HEADER = b"x-request-id"
@@ -45,27 +45,12 @@ def _request_id(scope: Scope) -> bytes:
     return _new_id()
 
 
-class InFlight:
-    """How many HTTP requests this process is handling now (one event loop: a plain counter).
-    The inference engine reads it: a request alone on the server may run inline."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self) -> int:
-        return self.count
-
-
 class RequestLog:
-    """Echo or assign ``X-Request-ID``; log each request when ``access_log`` is on; count the
-    requests in progress in ``in_flight``."""
+    """Echo or assign ``X-Request-ID``; log each request when ``access_log`` is on."""
 
-    def __init__(
-        self, app: ASGIApp, *, access_log: bool = True, in_flight: InFlight | None = None
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
         self.log = logging.getLogger(ACCESS_LOGGER) if access_log else None
-        self.in_flight = in_flight or InFlight()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,11 +68,9 @@ class RequestLog:
                 message["headers"] = [*message.get("headers", ()), (_HEADER, rid)]
             await send(message)
 
-        self.in_flight.count += 1
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            self.in_flight.count -= 1
             if self.log is not None and self.log.isEnabledFor(logging.INFO):
                 self._write(scope, rid.decode(), status, time.perf_counter() - start)
 
