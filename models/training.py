@@ -335,6 +335,9 @@ def fit_flow(
         data_dependent_init(flow, prepared.train)
     module = FlowModule(flow, config)
     batch_size = config.batch_size_for(len(prepared.train))
+    # Under a time limit, an epoch is at most about a quarter of it (a random share of the rows),
+    # so that even a short slice validates, and stops, more than once.
+    epoch_batches = _epoch_batches(flow, prepared.train, batch_size, seconds)
     schedule = ScheduleCallback(Slice(seconds, config.max_epochs), config.lr, config.scheduler)
     # In-process strategies keep the best epoch's weights in memory (a checkpoint file per
     # improving epoch costs more than a small table's epoch) and write best.ckpt and last.ckpt
@@ -378,6 +381,7 @@ def fit_flow(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=checkpoint_dir,
+        limit_train_batches=epoch_batches,
     )
     data = FlowDataModule(prepared.train, prepared.val, batch_size, config.seed)
     with warnings.catch_warnings():
@@ -420,6 +424,25 @@ def fit_flow(
         is_global_zero=trainer.is_global_zero,
         seconds=time.perf_counter() - started,
     )
+
+
+def _epoch_batches(
+    flow: Flow, rows: np.ndarray, batch_size: int, seconds: float | None
+) -> int | float:
+    """Batches per epoch: all (1.0) without a time limit, else at most a quarter of ``seconds``
+    by the time of one training step (a forward and backward pass, timed once)."""
+    batches = math.ceil(len(rows) / batch_size)
+    if seconds is None or batches <= 1:
+        return 1.0
+    x = torch.from_numpy(np.ascontiguousarray(rows[:batch_size], dtype=np.float32))
+    flow.train()
+    started = time.perf_counter()
+    with torch.enable_grad():
+        (-flow.log_prob(x).mean()).backward()
+    step = (time.perf_counter() - started) * 1.5  # plus the optimizer step
+    flow.zero_grad(set_to_none=True)
+    fit = max(1, int(seconds / 4 / max(step, 1e-6)))
+    return 1.0 if fit >= batches else fit
 
 
 def _read_checkpoints(
