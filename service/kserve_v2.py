@@ -362,7 +362,9 @@ def _stats(mv: ModelVersion, state: ServiceState) -> dict[str, Any]:
     }
 
 
-async def model_stats(request: Request, name: str | None = None, version: str | None = None):
+async def model_stats(
+    request: Request, name: str | None = None, version: str | None = None
+) -> Response:
     """Per model version, since it was loaded, in this worker process."""
     require_api_key(request)
     state = get_state(request)
