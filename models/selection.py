@@ -79,7 +79,7 @@ def candidates(rows: int, dim: int) -> list[Candidate]:
     """The candidates for ``rows`` training rows of ``dim`` features.
 
     Conditioners are 128 wide (64 on tables of under 1,000 rows, where smaller models overfit
-    less and epochs are cheap enough to race two more, smaller candidates).
+    less and epochs are cheap enough to race three more, smaller candidates).
     """
     hidden = 64 if rows < 1000 else 128
     spline = {"bins": 8}
@@ -92,7 +92,12 @@ def candidates(rows: int, dim: int) -> list[Candidate]:
         Candidate("realnvp", 8, hidden),
     ]
     if rows < 1000:
-        found += [Candidate("nsf", 4, hidden // 2, spline), Candidate("maf", 3, hidden // 2)]
+        # Small tables: smaller models, down to one close to a Gaussian with nonlinear means.
+        found += [
+            Candidate("nsf", 4, hidden // 2, spline),
+            Candidate("maf", 3, hidden // 2),
+            Candidate("maf", 1, 16),
+        ]
     if dim < 2:  # coupling layers need two halves
         found = [c for c in found if c.family not in ("nsf", "realnvp")]
     return found
