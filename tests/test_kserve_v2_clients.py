@@ -19,7 +19,6 @@ httpclient = pytest.importorskip("tritonclient.http")
 triton_utils = pytest.importorskip("tritonclient.utils")
 
 
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, AffineFlow]]:
     root: Path = tmp_path_factory.mktemp("models")
