@@ -41,6 +41,7 @@ from flowserve.models.base import Flow
 from flowserve.models.budget import Budget, preserved_global_state
 from flowserve.models.config import AUTO_FAMILY, TrainConfig, resolve_config
 from flowserve.models.data import PreparedData, prepare_data
+from flowserve.models.preprocess import data_kind_of
 from flowserve.models.training import (
     FitResult,
     TrainResult,
@@ -217,6 +218,7 @@ class FlowDensityEstimator:
                 val_fraction=config.val_fraction,
                 test_fraction=config.test_fraction,
                 seed=config.seed,
+                data_kind=data_kind_of(config.family),
                 validation=validation_data,
             )
             torch.manual_seed(config.seed)
