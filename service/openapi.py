@@ -54,13 +54,16 @@ class _Rows:
     dim: int
     names: tuple[str, ...]
     min_fpr: float
+    chain_rule: bool = False  # whether /explain may ask for method chain_rule
 
 
 def _rows_of(mv: ModelVersion) -> _Rows | None:
     m = mv.manifest
     if m is None:
         return None
-    return _Rows(m.dim, tuple(m.feature_names), m.calibration.min_fpr)
+    return _Rows(
+        m.dim, tuple(m.feature_names), m.calibration.min_fpr, m.chain_rule_order is not None
+    )
 
 
 def _default_rows(snapshot: ModelSnapshot) -> _Rows | None:
@@ -75,7 +78,12 @@ def _shared_rows(snapshot: ModelSnapshot) -> _Rows | None:
     rows = [r for r in map(_rows_of, snapshot.ready_versions()) if r is not None]
     if not rows or len({(r.dim, r.names) for r in rows}) != 1:
         return None
-    return _Rows(rows[0].dim, rows[0].names, max(r.min_fpr for r in rows))
+    return _Rows(
+        rows[0].dim,
+        rows[0].names,
+        max(r.min_fpr for r in rows),
+        all(r.chain_rule for r in rows),
+    )
 
 
 def _fpr_schema(min_fpr: float) -> dict[str, Any]:
@@ -130,6 +138,9 @@ def _row_bodies(
             one = js["properties"]["baseline"]
             one.pop("anyOf", None)
             one["anyOf"] = [*_row_variants(dim, names, True), {"type": "null"}]
+        if body == "ExplainRequest" and rows is not None and not rows.chain_rule:
+            # Only models that ship the exact decomposition take method chain_rule.
+            js["properties"]["method"]["enum"] = ["auto", "shapley"]
         if body == "ScoreRequest" and rows is not None:
             js["properties"]["fpr"]["anyOf"] = [_fpr_schema(rows.min_fpr), {"type": "null"}]
         js.pop("title", None)

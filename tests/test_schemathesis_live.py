@@ -2,10 +2,8 @@
 
 Bounded for CI: a fixed seed, a few examples per operation and a time budget for the whole run
 (the budget bounds how much is tried; no answer is judged by its speed). The V2 routes are left
-to their own suite (tests/test_kserve_v2*.py), and so, for now, is ``/explain``: schemathesis
-still finds two things there that belong to that endpoint (``method: chain_rule`` documented for
-models that refuse it, ``false`` accepted in ``baseline``). Any failure fails the test with
-schemathesis's report, which holds a curl line to reproduce it.
+to their own suite (tests/test_kserve_v2*.py). Any failure fails the test with schemathesis's
+report, which holds a curl line to reproduce it.
 """
 
 from __future__ import annotations
@@ -40,7 +38,7 @@ def test_schemathesis_all_checks_and_stateful_find_nothing(tmp_path: Path) -> No
             "--max-time", "45",
             "--generation-database", "none",
             "--workers", "1",
-            "--exclude-path-regex", "^/v2|/explain$",
+            "--exclude-path-regex", "^/v2",
             "--header", f"X-API-Key: {ADMIN_KEY}",
             "--no-color",
         ]  # fmt: skip
