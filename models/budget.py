@@ -32,6 +32,7 @@ import torch
 
 __all__ = [
     "MIN_LR_FACTOR",
+    "STALL_SHARE",
     "Budget",
     "ScheduleCallback",
     "Slice",
@@ -43,6 +44,8 @@ __all__ = [
 MIN_LR_FACTOR = 0.02
 # Share of the schedule spent warming up linearly (Adam's first steps on a fresh model).
 WARMUP = 0.02
+# Under a time limit, early stopping also waits until the best epoch is this share of it old.
+STALL_SHARE = 0.25
 
 
 def cosine_lr(lr: float, progress: float) -> float:
@@ -94,19 +97,28 @@ class Slice:
 
 
 class ScheduleCallback(L.Callback):
-    """Learning rate from the slice's progress (cosine), and a stop at the epoch boundary when
-    another epoch would overrun the slice's time.
+    """Learning rate from the slice's progress (cosine), early stopping, and a stop at the epoch
+    boundary when another epoch would overrun the slice's time.
 
-    ``scheduler="none"`` keeps the learning rate constant but still honours the time limit;
-    ``"plateau"`` leaves the learning rate to Lightning's scheduler.
+    Early stopping ends a fit after ``patience`` epochs without a better validation NLL; under
+    a time limit also only once the best is at least :data:`STALL_SHARE` of the slice old
+    (cheap epochs on a small table are noisy, and the best epoch often comes late in the
+    cosine's tail), and at once on a non-finite validation NLL. ``scheduler="none"`` keeps the
+    learning rate constant; ``"plateau"`` leaves it to Lightning's scheduler.
     """
 
-    def __init__(self, slice_: Slice, lr: float, scheduler: str = "cosine") -> None:
+    def __init__(
+        self, slice_: Slice, lr: float, scheduler: str = "cosine", patience: int | None = None
+    ) -> None:
         self.slice = slice_
         self.lr = lr
         self.scheduler = scheduler
+        self.patience = patience
         self._epoch_started = 0.0
         self._epoch_seconds: list[float] = []
+        self._best = math.inf
+        self._best_epoch = 0
+        self._best_at = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.slice.restart()
@@ -124,13 +136,37 @@ class ScheduleCallback(L.Callback):
         for group in trainer.optimizers[0].param_groups:
             group["lr"] = lr
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.patience is None:
+            return
+        value = float(trainer.callback_metrics.get("val_nll", math.nan))
+        epoch = int(trainer.current_epoch)
+        if not math.isfinite(value):
+            stop = True
+        elif value < self._best:
+            self._best, self._best_epoch, self._best_at = value, epoch, self.slice.elapsed()
+            stop = False
+        else:
+            stale = epoch - self._best_epoch >= self.patience
+            if self.slice.seconds is not None:
+                stale = stale and self.slice.elapsed() - self._best_at >= (
+                    STALL_SHARE * self.slice.seconds
+                )
+            stop = stale
+        self._stop(trainer, stop)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_seconds.append(time.perf_counter() - self._epoch_started)
         if self.slice.seconds is None:
             return
         # The median epoch so far predicts the next one; stop if it would end past the slice.
         typical = float(np.median(self._epoch_seconds[-20:]))
-        if self.slice.elapsed() + typical > self.slice.seconds:
+        self._stop(trainer, self.slice.elapsed() + typical > self.slice.seconds)
+
+    @staticmethod
+    def _stop(trainer: L.Trainer, stop: bool) -> None:
+        # Every data-parallel rank must take the same decision (any rank's stop counts).
+        if trainer.strategy.reduce_boolean_decision(stop, all=False):
             trainer.should_stop = True
 
 

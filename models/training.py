@@ -39,7 +39,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
@@ -338,7 +338,9 @@ def fit_flow(
     # Under a time limit, an epoch is at most about a quarter of it (a random share of the rows),
     # so that even a short slice validates, and stops, more than once.
     epoch_batches = _epoch_batches(flow, prepared.train, batch_size, seconds)
-    schedule = ScheduleCallback(Slice(seconds, config.max_epochs), config.lr, config.scheduler)
+    schedule = ScheduleCallback(
+        Slice(seconds, config.max_epochs), config.lr, config.scheduler, patience=config.patience
+    )
     # In-process strategies keep the best epoch's weights in memory (a checkpoint file per
     # improving epoch costs more than a small table's epoch) and write best.ckpt and last.ckpt
     # at the end, last.ckpt also every minute for --resume after an interruption. Strategies
@@ -362,7 +364,6 @@ def fit_flow(
         schedule,
         best,
         last,
-        EarlyStopping(monitor="val_nll", mode="min", patience=config.patience, check_finite=True),
     ]
     if progress:
         callbacks.append(TQDMProgressBar(leave=True))
