@@ -246,11 +246,15 @@ async def _explain(request: Request, state: ServiceState, mv: ModelVersion) -> R
             field="method",
         )
     given = payload.get("baseline") is not None
-    if given and not isinstance(payload["baseline"], (list, dict)):
-        raise InvalidInput(
-            "baseline: expected one row (a list of numbers or an object keyed by feature name)",
-            field="baseline",
-        )
+    if given:
+        row = payload["baseline"]
+        values = row.values() if isinstance(row, dict) else row
+        if not isinstance(row, (list, dict)) or any(isinstance(v, bool) for v in values):
+            raise InvalidInput(
+                "baseline: expected one row of numbers (a list, or an object keyed by feature "
+                "name)",
+                field="baseline",
+            )
     if opts.method == "chain_rule" and given:
         raise InvalidInput("baseline: the chain-rule decomposition takes no baseline")
     # auto: the exact decomposition where the model ships one, unless a baseline asks for Shapley
