@@ -35,7 +35,13 @@ from flowserve.models.base import Flow
 from flowserve.models.config import TrainConfig
 from flowserve.models.data import PreparedData
 
-__all__ = ["SPLIT_MIN_ROWS", "CalibrationScores", "calibration_scores", "choose_method"]
+__all__ = [
+    "SPLIT_MIN_ROWS",
+    "CalibrationScores",
+    "batched_log_prob",
+    "calibration_scores",
+    "choose_method",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +67,14 @@ def choose_method(config: TrainConfig, prepared: PreparedData) -> str:
 
 
 @torch.no_grad()
-def _log_probs(flow: Flow, rows: np.ndarray) -> np.ndarray:
+def batched_log_prob(flow: Flow, rows: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """``log p(x)`` (float64) of raw ``rows`` under ``flow`` in eval mode, ``batch`` at a time."""
     flow.eval()
     out = [
-        flow.log_prob(torch.from_numpy(np.ascontiguousarray(rows[i : i + 4096]))).double().numpy()
-        for i in range(0, len(rows), 4096)
+        flow.log_prob(torch.from_numpy(np.ascontiguousarray(rows[i : i + batch], dtype=np.float32)))
+        .double()
+        .numpy()
+        for i in range(0, len(rows), batch)
     ]
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -160,8 +169,8 @@ def calibration_scores(
     for k, held in enumerate(np.array_split(order, folds)):
         keep = np.setdiff1d(order, held)
         model = _fold_model(build(), prepared.train[keep], config, lrs, config.seed + 100 + k)
-        oof[held] = _log_probs(model, prepared.train[held])
-    test = _log_probs(flow, prepared.test) if len(prepared.test) else np.zeros(0)
+        oof[held] = batched_log_prob(model, prepared.train[held])
+    test = batched_log_prob(flow, prepared.test)
     scores = np.concatenate([oof, test])
     log.info("cross-fitted calibration: %d folds, %d scores", folds, scores.size)
     return CalibrationScores(scores, "cross-fit", folds)

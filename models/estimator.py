@@ -39,6 +39,7 @@ import torch
 from flowserve.artifact import Calibration
 from flowserve.models.base import Flow
 from flowserve.models.budget import Budget, preserved_global_state
+from flowserve.models.calibrate import batched_log_prob
 from flowserve.models.config import AUTO_FAMILY, TrainConfig, resolve_config
 from flowserve.models.data import PreparedData, prepare_data
 from flowserve.models.preprocess import data_kind_of
@@ -230,7 +231,7 @@ class FlowDensityEstimator:
             calibration = model.calibration
             lp = calibration.log_probs
             if lp is None:  # the calibration split, scored by the fitted flow
-                lp = self._log_prob(fit.flow, prepared.test)
+                lp = batched_log_prob(fit.flow, prepared.test)
         self.flow_: Flow = fit.flow
         self.fit_: FitResult = fit
         self.prepared_: PreparedData = prepared
@@ -281,25 +282,13 @@ class FlowDensityEstimator:
             )
         return rows
 
-    @staticmethod
-    @torch.no_grad()
-    def _log_prob(flow: Flow, rows: np.ndarray) -> np.ndarray:
-        flow.eval()
-        out = [
-            flow.log_prob(torch.from_numpy(np.ascontiguousarray(rows[i : i + 4096])))
-            .double()
-            .numpy()
-            for i in range(0, len(rows), 4096)
-        ]
-        return np.concatenate(out) if out else np.zeros(0)
-
     def score_samples(self, X: np.ndarray | pd.DataFrame) -> np.ndarray:
         """Log-likelihood of each row of ``X`` (nats, raw feature space); non-finite rows get
         ``-inf`` (the least likely)."""
         flow = self._check_fitted()
         rows = self._rows(X)
         with preserved_global_state(threads=self.n_threads):
-            lp = self._log_prob(flow, rows)
+            lp = batched_log_prob(flow, rows)
         bad = ~np.isfinite(rows).all(axis=1) | np.isnan(lp)
         return np.where(bad, -np.inf, lp)
 

@@ -47,7 +47,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from flowserve.artifact import Manifest, Metrics, next_version
 from flowserve.models.base import FAMILIES, Flow, build_flow, families
 from flowserve.models.budget import Budget, ScheduleCallback, Slice, preserved_global_state
-from flowserve.models.calibrate import CalibrationScores, calibration_scores, choose_method
+from flowserve.models.calibrate import (
+    CalibrationScores,
+    batched_log_prob,
+    calibration_scores,
+    choose_method,
+)
 from flowserve.models.config import (
     AUTO_FAMILY,
     ConfigError,
@@ -297,12 +302,7 @@ def data_dependent_init(flow: Flow, train: np.ndarray) -> None:
 @torch.no_grad()
 def evaluate_nll(flow: Flow, rows: np.ndarray, batch: int = 4096) -> float:
     """Mean negative log-likelihood (nats per row) of raw ``rows`` under ``flow``."""
-    flow.eval().cpu()
-    total = 0.0
-    for start in range(0, len(rows), batch):
-        x = torch.from_numpy(np.ascontiguousarray(rows[start : start + batch], dtype=np.float32))
-        total += float(-flow.log_prob(x).double().sum())
-    return total / max(len(rows), 1)
+    return float(-batched_log_prob(flow.cpu(), rows, batch).sum()) / max(len(rows), 1)
 
 
 def _devices(value: str | int) -> str | int:
