@@ -12,134 +12,174 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any
+from dataclasses import dataclass
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
-__all__ = ["configure", "run", "settings_from_args"]
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
-# flag -> settings field (None values are left to the environment / defaults)
-_FLAGS: dict[str, str] = {
-    "models": "model_root",
-    "default_model": "default_model",
-    "host": "host",
-    "port": "port",
-    "workers": "workers",
-    "api_key_file": "api_key_file",
-    "admin_key_file": "admin_key_file",
-    "max_rows": "max_rows",
-    "max_body_bytes": "max_body_bytes",
-    "max_sample": "max_sample",
-    "ort_intra_op_threads": "ort_intra_op_threads",
-    "ort_inter_op_threads": "ort_inter_op_threads",
-    "inference_threads": "inference_threads",
-    "inline_max_rows": "inline_max_rows",
-    "inline_max_ms": "inline_max_ms",
-    "runtime": "runtime",
-    "batching": "batching",
-    "max_batch_size": "max_batch_size",
-    "max_batch_delay_ms": "max_batch_delay_ms",
-    "watch": "watch",
-    "log_level": "log_level",
-    "access_log": "access_log",
-    "log_format": "log_format",
-    "tracing": "tracing",
-    "max_in_flight": "max_in_flight",
-    "drain_s": "drain_s",
-    "shutdown_timeout_s": "shutdown_timeout_s",
-}
+__all__ = [
+    "SettingFlag",
+    "configure",
+    "run",
+    "setting_flags",
+    "settings_from_args",
+    "settings_table",
+]
 
 _KEYS_ON_ARGV = (
-    "--api-keys is not accepted: keys on the command line are visible to every user in ps; "
+    "{flag} is not accepted: keys on the command line are visible to every user in ps; "
     "set FLOWSERVE_API_KEYS or pass --api-key-file FILE (admin keys: FLOWSERVE_ADMIN_KEYS or "
     "--admin-key-file FILE)"
 )
 
 
+@dataclass(frozen=True)
+class SettingFlag:
+    """One setting as the command line and the docs show it, derived from its field.
+
+    Arguments:
+        field: The :class:`~flowserve.service.settings.ServiceSettings` field name.
+        flag: The ``flowserve serve`` option, e.g. ``--max-rows``.
+        env: The environment variable, e.g. ``FLOWSERVE_MAX_ROWS``.
+        default: The default, or ``None`` where the description tells what unset means.
+        help: The field's description.
+        on_argv: ``False`` for secrets, which only the environment may set.
+        kind: What argparse converts the value to (``bool``: an on/off flag pair).
+        choices: The allowed values of a ``Literal`` setting.
+        metavar: What ``--help`` calls the value.
+    """
+
+    field: str
+    flag: str
+    env: str
+    default: object
+    help: str
+    on_argv: bool
+    kind: type
+    choices: tuple[str, ...] | None
+    metavar: str | None
+
+
+def _value_type(annotation: Any) -> tuple[type, tuple[str, ...] | None]:
+    """The argparse type of a field's annotation, and its choices: ``X | None`` is ``X``, a
+    ``Literal`` is text with choices, and paths and names are text (pydantic converts them)."""
+    inner = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is Literal:
+        return str, tuple(inner)
+    if get_origin(annotation) in (Union, UnionType) and len(inner) == 1:
+        return _value_type(inner[0])
+    return (annotation, None) if annotation in (bool, int, float) else (str, None)
+
+
+def _metavar(name: str, kind: type) -> str:
+    if name.endswith("_ms"):
+        return "MS"
+    if name.endswith("_s"):
+        return "SECONDS"
+    return "N" if kind is int else "X" if kind is float else "VALUE"
+
+
+def _default(info: FieldInfo) -> object:
+    default = info.get_default(call_default_factory=False)
+    # Computed defaults (the bundled model root, empty key lists): the description tells them.
+    return None if default is PydanticUndefined else default
+
+
+def _shown(value: object, true: str = "true", false: str = "false") -> str:
+    if isinstance(value, bool):
+        return true if value else false
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def setting_flags() -> list[SettingFlag]:
+    """Every setting's flag, environment variable, default and help, in the class's order.
+
+    The settings class is the only definition: a new field gets its flag, its ``--help`` line
+    and its row in the docs' settings table from here.
+    """
+    from .settings import Flag, ServiceSettings
+
+    prefix = ServiceSettings.model_config.get("env_prefix", "")
+    flags = []
+    for name, info in ServiceSettings.model_fields.items():
+        spec = next((m for m in info.metadata if isinstance(m, Flag)), Flag())
+        kind, choices = _value_type(info.annotation)
+        plain = choices is None and kind is not bool  # argparse names choices and on/off itself
+        flags.append(
+            SettingFlag(
+                field=name,
+                flag=spec.name or "--" + name.replace("_", "-"),
+                env=f"{prefix}{name}".upper(),
+                default=_default(info),
+                help=info.description or "",
+                on_argv=spec.on_argv,
+                kind=kind,
+                choices=choices,
+                metavar=spec.metavar or (_metavar(name, kind) if plain else None),
+            )
+        )
+    return flags
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    a = parser.add_argument
-    a(
-        "--models",
-        metavar="ROOT",
-        help="model repository <ROOT>/<name>/<version>/ (default: the bundled default model)",
+    parser.epilog = (
+        "Every flag has an environment variable (shown with it); a flag overrides it. Keys "
+        "come from the environment or a key file only, never from the command line."
     )
-    a("--default-model", metavar="NAME", help="model served at /log_prob etc. (default: sensors)")
-    a("--host", help="bind address (default 127.0.0.1)")
-    a("--port", type=int, help="port (default 8000; 0 picks a free one)")
-    a("--workers", type=int, help="uvicorn worker processes (default 1)")
-    a("--api-keys", help=argparse.SUPPRESS)  # refused with a pointer to the safe ways
-    a(
-        "--api-key-file",
-        metavar="FILE",
-        help="model endpoints need one of the keys in FILE (one per line; or FLOWSERVE_API_KEYS)",
-    )
-    a(
-        "--admin-key-file",
-        metavar="FILE",
-        help="/admin/* needs one of the keys in FILE (or FLOWSERVE_ADMIN_KEYS); without admin "
-        "keys the admin endpoints are off",
-    )
-    a("--max-rows", type=int, help="most rows in one JSON request")
-    a("--max-body-bytes", type=int, help="largest request body")
-    a("--max-sample", type=int, help="largest n for /sample")
-    a("--ort-intra-op-threads", type=int, help="ONNX Runtime threads per call")
-    a("--ort-inter-op-threads", type=int, help="ONNX Runtime inter-op threads")
-    a("--inference-threads", type=int, help="concurrent inference calls")
-    a("--inline-max-rows", type=int, help="run tiny requests on the event loop (small models)")
-    a("--inline-max-ms", type=float, help="most measured cost of an inline request (0: never)")
-    a("--runtime", choices=["onnx", "torchscript"], help="prefer TorchScript (needs torch)")
-    a(
-        "--batching",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="server-side dynamic batching (default on)",
-    )
-    a("--max-batch-size", type=int, help="rows per merged batch")
-    a("--max-batch-delay-ms", type=float, help="wait up to this long to fill a batch")
-    a(
-        "--watch",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="poll the model root and reload on change",
-    )
-    a("--max-in-flight", type=int, help="most requests in progress; more get 503 (0: no limit)")
-    a("--drain-s", type=float, help="on SIGTERM, /readyz is 503 this long before closing")
-    a("--shutdown-timeout-s", type=float, help="then wait this long for in-flight requests")
-    a("--log-level", choices=["critical", "error", "warning", "info", "debug"])
-    a(
-        "--access-log",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="one log line per request, with its X-Request-ID (default on)",
-    )
-    a("--log-format", choices=["text", "json"], help="json: one JSON object per log line")
-    a(
-        "--tracing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="OpenTelemetry spans per request (needs the 'tracing' extra)",
-    )
+    for s in setting_flags():
+        if not s.on_argv:
+            # Accepted only to refuse it with a pointer to the safe ways (see run).
+            parser.add_argument(s.flag, dest=s.field, help=argparse.SUPPRESS)
+            continue
+        where = s.env if s.default is None else f"default {_shown(s.default, 'on', 'off')}; {s.env}"
+        text = f"{s.help} ({where})".replace("%", "%%")  # argparse formats help with %
+        if s.kind is bool:
+            parser.add_argument(
+                s.flag, dest=s.field, action=argparse.BooleanOptionalAction, help=text
+            )
+        else:
+            parser.add_argument(
+                s.flag, dest=s.field, type=s.kind, choices=s.choices, metavar=s.metavar, help=text
+            )
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table (setting, environment variable, flag, default, meaning):
+    what ``docs/api.md`` holds (``python scripts/settings_docs.py`` rewrites it there)."""
+    rows = [
+        "| setting | environment | flag | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for s in setting_flags():
+        flag = f"`{s.flag}`" if s.on_argv else "(environment only)"
+        default = "" if s.default is None else f"`{_shown(s.default)}`"
+        meaning = s.help.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+        rows.append(f"| `{s.field}` | `{s.env}` | {flag} | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     from .settings import ServiceSettings
 
     overrides = {
-        field: getattr(args, flag)
-        for flag, field in _FLAGS.items()
-        if getattr(args, flag, None) is not None
+        s.field: getattr(args, s.field)
+        for s in setting_flags()
+        if s.on_argv and getattr(args, s.field, None) is not None
     }
     return ServiceSettings(**overrides)
 
 
 def _export_env(settings: Any) -> None:
     # Worker processes (--workers > 1) rebuild the app from the environment.
-    for name, value in settings.model_dump().items():
+    for s in setting_flags():
+        value = getattr(settings, s.field)
         if value is None:
             continue
         if isinstance(value, list):
             value = ",".join(value)
-        os.environ[f"FLOWSERVE_{name.upper()}"] = (
-            str(value).lower() if isinstance(value, bool) else str(value)
-        )
+        os.environ[s.env] = _shown(value) if isinstance(value, bool) else str(value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,9 +191,14 @@ def run(args: argparse.Namespace) -> int:
     from .server import serve
 
     log = logging.getLogger("flowserve.service")
-    if getattr(args, "api_keys", None) is not None:
+    on_argv = [
+        s.flag
+        for s in setting_flags()
+        if not s.on_argv and getattr(args, s.field, None) is not None
+    ]
+    if on_argv:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-        log.error(_KEYS_ON_ARGV)
+        log.error(_KEYS_ON_ARGV.format(flag=on_argv[0]))
         return 2
     try:
         settings = settings_from_args(args)

@@ -1,7 +1,8 @@
 """Service settings: one pydantic-settings class read from ``FLOWSERVE_*`` environment variables.
 
-The CLI builds the same class from its flags (flags override the environment), and tests pass an
-instance straight to :func:`flowserve.service.app.create_app`.
+Each field is the one definition of a setting: the CLI generates its ``flowserve serve`` flag from
+the field (flags override the environment), the settings table in ``docs/api.md`` is generated
+from it, and tests pass an instance straight to :func:`flowserve.service.app.create_app`.
 
 Keys never come from the command line (``ps`` shows it to every user): model keys come from
 ``FLOWSERVE_API_KEYS`` or ``FLOWSERVE_API_KEY_FILE``, admin keys from ``FLOWSERVE_ADMIN_KEYS`` or
@@ -12,6 +13,7 @@ configured: closed by default.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,7 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 import flowserve
 
-__all__ = ["DEFAULT_MODEL_ROOT", "ServiceSettings"]
+__all__ = ["DEFAULT_MODEL_ROOT", "Flag", "ServiceSettings"]
 
 # The small model bundled with the package, so a fresh install answers with nothing else.
 DEFAULT_MODEL_ROOT = Path(flowserve.__file__).resolve().parent / "default_model"
@@ -30,41 +32,92 @@ def _split(text: str) -> list[str]:
     return [k.strip() for line in text.splitlines() for k in line.split(",") if k.strip()]
 
 
+@dataclass(frozen=True)
+class Flag:
+    """How a setting appears on the ``flowserve serve`` command line, where that differs from
+    the default (``--<name-with-dashes>``, its value named after its type).
+
+    Arguments:
+        name: The flag, when it is not the field name with dashes.
+        metavar: What the flag's value is called in ``--help``.
+        on_argv: ``False`` for secrets: the flag is refused (``ps`` shows a command line to
+            every user), the setting is read from the environment only.
+    """
+
+    name: str | None = None
+    metavar: str | None = None
+    on_argv: bool = True
+
+
 class ServiceSettings(BaseSettings):
-    """Everything the service reads from its environment (prefix ``FLOWSERVE_``)."""
+    """Everything the service reads from its environment (prefix ``FLOWSERVE_``).
+
+    Each field is one setting: its environment variable is ``FLOWSERVE_<NAME>``, its
+    ``flowserve serve`` flag is generated from the field (:mod:`flowserve.service.cli`), and the
+    settings table in ``docs/api.md`` is generated from it too, so the description is its help.
+    """
 
     model_config = SettingsConfigDict(env_prefix="FLOWSERVE_", extra="ignore")
 
-    model_root: Path = Field(
-        default_factory=lambda: DEFAULT_MODEL_ROOT, description="<root>/<name>/<version>/"
+    model_root: Annotated[Path, Flag("--models", "ROOT")] = Field(
+        default_factory=lambda: DEFAULT_MODEL_ROOT,
+        description="model repository <ROOT>/<name>/<version>/; unset: the bundled default model",
     )
-    default_model: str | None = Field(None, description="default: 'sensors', else the first name")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1)
-    api_keys: Annotated[list[str], NoDecode] = Field(
+    default_model: Annotated[str | None, Flag(metavar="NAME")] = Field(
+        None,
+        description="model served at /log_prob etc.; unset: 'sensors' if present, else the "
+        "first name",
+    )
+    host: Annotated[str, Flag(metavar="ADDR")] = Field("127.0.0.1", description="bind address")
+    port: Annotated[int, Flag(metavar="PORT")] = Field(
+        8000, ge=0, le=65535, description="TCP port; 0 picks a free one"
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="uvicorn worker processes; with more than 1 each loads the models itself and "
+        "watches the model root",
+    )
+    api_keys: Annotated[list[str], NoDecode, Flag(on_argv=False)] = Field(
         default_factory=list,
         description="model-endpoint keys, comma-separated; unset means no authentication",
     )
-    api_key_file: Path | None = Field(None, description="file of model keys (one per line)")
-    admin_keys: Annotated[list[str], NoDecode] = Field(
+    api_key_file: Annotated[Path | None, Flag(metavar="FILE")] = Field(
+        None,
+        description="file of model keys (one per line): model endpoints need one of them in "
+        "X-API-Key",
+    )
+    admin_keys: Annotated[list[str], NoDecode, Flag(on_argv=False)] = Field(
         default_factory=list,
         description="keys for /admin/*, comma-separated; unset means admin endpoints are off",
     )
-    admin_key_file: Path | None = Field(None, description="file of admin keys (one per line)")
+    admin_key_file: Annotated[Path | None, Flag(metavar="FILE")] = Field(
+        None, description="file of admin keys (one per line) for /admin/*"
+    )
     max_rows: int = Field(100_000, ge=1, description="most rows in one JSON request")
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="largest request body, in bytes"
+    )
     max_json_values: int = Field(
         2_000_000,
         ge=64,
         description="most values (numbers, rows, fields) in one JSON body, checked before "
         "parsing; bounds a request's parse memory at about 50 bytes per value",
     )
-    max_sample: int = Field(10_000, ge=1)
-    max_temperature: float = Field(10.0, gt=0)
-    ort_intra_op_threads: int = Field(1, ge=0, description="0 lets ONNX Runtime choose")
-    ort_inter_op_threads: int = Field(1, ge=0)
-    inference_threads: int = Field(2, ge=1, description="threads running inference calls")
+    max_sample: int = Field(10_000, ge=1, description="largest n for /sample")
+    max_temperature: float = Field(
+        10.0, gt=0, description="highest temperature /sample accepts (normal bases)"
+    )
+    ort_intra_op_threads: int = Field(
+        1, ge=0, description="ONNX Runtime threads per inference call; 0 lets ONNX Runtime choose"
+    )
+    ort_inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime inter-op threads")
+    inference_threads: int = Field(
+        2,
+        ge=1,
+        description="threads running inference calls at once; requests of 16384 rows or more "
+        "are split across them",
+    )
     inline_max_rows: int = Field(
         8,
         ge=0,
@@ -79,15 +132,23 @@ class ServiceSettings(BaseSettings):
         "model at load (small models only; larger ones always run in worker threads)",
     )
     runtime: Literal["onnx", "torchscript"] = Field(
-        "onnx", description="prefer TorchScript where an artifact has one (needs torch)"
+        "onnx",
+        description="torchscript: serve an artifact's model.pt where it has one (needs torch; "
+        "the same answers within the export's parity tolerance)",
     )
-    batching: bool = True
-    max_batch_size: int = Field(256, ge=1, description="rows; larger requests run unbatched")
+    batching: bool = Field(
+        True, description="server-side dynamic batching of concurrent requests to one model"
+    )
+    max_batch_size: int = Field(
+        256, ge=1, description="most rows in one merged batch; larger requests run unbatched"
+    )
     max_batch_delay_ms: float = Field(
         0.0, ge=0.0, description="wait this long to fill a batch; 0 merges only queued requests"
     )
-    watch: bool = False
-    watch_interval_s: float = Field(2.0, gt=0)
+    watch: bool = Field(False, description="poll the model root and load new or changed versions")
+    watch_interval_s: float = Field(
+        2.0, gt=0, description="seconds between two polls of the model root (with watch)"
+    )
     max_in_flight: int = Field(
         256,
         ge=0,
@@ -97,16 +158,25 @@ class ServiceSettings(BaseSettings):
     drain_s: float = Field(
         5.0,
         ge=0.0,
-        description="on SIGTERM, /readyz answers 503 for this long before the listener closes",
+        description="on SIGTERM, /readyz answers 503 for this many seconds before the listener "
+        "closes",
     )
     shutdown_timeout_s: float = Field(
-        20.0, gt=0.0, description="after draining, how long in-flight requests may still take"
+        20.0,
+        gt=0.0,
+        description="after draining, how many seconds in-flight requests may still take",
     )
-    keep_alive_timeout_s: float = Field(5.0, gt=0.0, description="idle keep-alive connections")
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0.0, description="seconds an idle keep-alive connection stays open"
+    )
     header_timeout_s: float = Field(
-        10.0, gt=0.0, description="a connection must send its request head within this time"
+        10.0,
+        gt=0.0,
+        description="seconds a connection has to send its request head",
     )
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="lowest level of log record written"
+    )
     access_log: bool = Field(
         True, description="one log line per request (flowserve.access logger, with request ID)"
     )
