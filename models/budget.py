@@ -12,7 +12,7 @@ Example:
     >>> s.progress(epoch=5, batch=0, batches=4)
     0.5
     >>> round(cosine_lr(1e-3, 0.5), 6)
-    0.000505
+    0.000526
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "ANNEALED",
     "MIN_LR_FACTOR",
     "STALL_SHARE",
     "Budget",
@@ -46,6 +47,10 @@ MIN_LR_FACTOR = 0.02
 WARMUP = 0.02
 # Under a time limit, early stopping also waits until the best epoch is this share of it old.
 STALL_SHARE = 0.25
+# ... and until the schedule is this far through: at a high learning rate a stall says little
+# (a fit that continues from good weights, as the race's winner does, starts with its best
+# epoch during warm-up and beats it only as the rate comes down).
+ANNEALED = 0.8
 
 
 def cosine_lr(lr: float, progress: float) -> float:
@@ -101,10 +106,11 @@ class ScheduleCallback(L.Callback):
     boundary when another epoch would overrun the slice's time.
 
     Early stopping ends a fit after ``patience`` epochs without a better validation NLL; under
-    a time limit also only once the best is at least :data:`STALL_SHARE` of the slice old
-    (cheap epochs on a small table are noisy, and the best epoch often comes late in the
-    cosine's tail), and at once on a non-finite validation NLL. ``scheduler="none"`` keeps the
-    learning rate constant; ``"plateau"`` leaves it to Lightning's scheduler.
+    a time limit also only once the best is at least :data:`STALL_SHARE` of the slice old and
+    the schedule is :data:`ANNEALED` (cheap epochs on a small table are noisy, and the best
+    epoch often comes late in the cosine's tail), and at once on a non-finite validation NLL.
+    ``scheduler="none"`` keeps the learning rate constant; ``"plateau"`` leaves it to
+    Lightning's scheduler.
     """
 
     def __init__(
@@ -149,8 +155,10 @@ class ScheduleCallback(L.Callback):
         else:
             stale = epoch - self._best_epoch >= self.patience
             if self.slice.seconds is not None:
-                stale = stale and self.slice.elapsed() - self._best_at >= (
-                    STALL_SHARE * self.slice.seconds
+                stale = (
+                    stale
+                    and self.slice.progress(epoch + 1, 0, 1) >= ANNEALED
+                    and self.slice.elapsed() - self._best_at >= STALL_SHARE * self.slice.seconds
                 )
             stop = stale
         self._stop(trainer, stop)

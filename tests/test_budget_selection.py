@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -14,7 +16,7 @@ import torch
 
 from flowserve.artifact import verify_artifact
 from flowserve.cli import main
-from flowserve.models.budget import Slice, cosine_lr
+from flowserve.models.budget import ANNEALED, STALL_SHARE, ScheduleCallback, Slice, cosine_lr
 from flowserve.models.config import ConfigError, resolve_config
 from flowserve.models.data import split_indices, validation_rows
 from flowserve.models.datasets import make_dataset
@@ -40,6 +42,41 @@ def test_cosine_schedule_warms_up_then_anneals() -> None:
     assert 0 < peak <= 3 and lrs[peak] == pytest.approx(1e-3, rel=1e-3)
     assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1 :], strict=False))
     assert lrs[-1] == pytest.approx(2e-5)
+
+
+class _Trainer(SimpleNamespace):
+    """What ScheduleCallback reads of a Lightning trainer (one process)."""
+
+    def __init__(self) -> None:
+        strategy = SimpleNamespace(reduce_boolean_decision=lambda stop, all: stop)
+        super().__init__(sanity_checking=False, should_stop=False, strategy=strategy)
+
+    def validate(self, callback: ScheduleCallback, epoch: int, val_nll: float) -> bool:
+        self.current_epoch, self.callback_metrics = epoch, {"val_nll": val_nll}
+        callback.on_validation_end(self, None)  # type: ignore[arg-type]
+        return self.should_stop
+
+
+def test_under_a_budget_a_stall_stops_only_once_the_schedule_has_annealed() -> None:
+    # A fit continuing from good weights (the race's winner) has its best epoch at the start,
+    # while the learning rate warms up, and beats it only in the cosine's tail.
+    seconds = 100.0
+    schedule = ScheduleCallback(Slice(seconds, epochs=10**6), 1e-3, patience=5)
+    trainer = _Trainer()
+    assert not trainer.validate(schedule, 0, 1.0)  # the best so far, at once
+    schedule.slice.started = time.perf_counter() - (STALL_SHARE + 0.2) * seconds
+    for epoch in range(1, 30):  # patience and the stall share are both exceeded ...
+        assert not trainer.validate(schedule, epoch, 2.0)  # ... but the rate is still high
+    schedule.slice.started = time.perf_counter() - ANNEALED * seconds
+    assert trainer.validate(schedule, 30, 2.0)
+
+
+def test_without_a_budget_patience_alone_stops() -> None:
+    schedule = ScheduleCallback(Slice(None, epochs=1000), 1e-3, patience=3)
+    trainer = _Trainer()
+    assert not trainer.validate(schedule, 0, 1.0)
+    assert [trainer.validate(schedule, e, 2.0) for e in (1, 2, 3)] == [False, False, True]
+    assert _Trainer().validate(ScheduleCallback(Slice(1.0, 10), 1e-3, patience=3), 0, np.nan)
 
 
 def test_slice_progress_is_the_larger_of_time_and_epochs() -> None:
