@@ -1,19 +1,9 @@
 """API errors: one exception type per error code, rendered as ``{"error": {...}}`` JSON.
 
-Hierarchy (each carries its HTTP status and machine code)::
-
-    ApiError
-    ├── InvalidInput          422 invalid_input      (wrong width, NaN/Inf, non-numeric, empty, ...)
-    ├── OutOfRange            422 out_of_range       (n, temperature, fpr)
-    ├── TooManyRows           413 too_many_rows
-    ├── BodyTooLarge          413 body_too_large
-    ├── ModelNotFound         404 model_not_found
-    ├── VersionNotFound       404 version_not_found
-    ├── ModelUnavailable      503 model_unavailable  (that version failed to load)
-    ├── Overloaded            503 overloaded         (too many requests in flight; Retry-After)
-    ├── Unauthorized          401 unauthorized
-    ├── AdminDisabled         403 admin_disabled     (no admin key configured: /admin/* is off)
-    └── UnsupportedMediaType  415 unsupported_media_type
+Each class names its machine ``code``; its HTTP status comes from the one table of error codes,
+``flowserve_client._protocol.ERROR_CODES``, which the client and docs/api.md read too. Codes
+the routes answer without raising (``not_ready``, ``draining``, the framework's ``not_found``)
+are in that table as well.
 
 :func:`install_error_handlers` maps these, FastAPI's request validation errors and Starlette's
 HTTP errors to that JSON shape, and turns anything unexpected into a 500 without a traceback.
@@ -23,12 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from flowserve_client._protocol import ERROR_CODES, error_code
 
 __all__ = [
     "AdminDisabled",
@@ -56,10 +48,19 @@ _RANGE_TYPES = frozenset({"greater_than", "greater_than_equal", "less_than", "le
 
 
 class ApiError(Exception):
-    """An error the client can act on; ``details`` are merged into the JSON error object."""
+    """An error the client can act on; ``details`` are merged into the JSON error object.
 
-    status_code = 400
-    code = "bad_request"
+    A subclass names its code (``class OutOfRange(ApiError, code="out_of_range")``); its
+    ``status_code`` is that code's status in the table of error codes.
+    """
+
+    code: ClassVar[str]
+    status_code: ClassVar[int]
+
+    def __init_subclass__(cls, code: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.code = code
+        cls.status_code = error_code(code).status
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -67,59 +68,48 @@ class ApiError(Exception):
         self.details = details
 
 
-class InvalidInput(ApiError):
-    status_code = 422
-    code = "invalid_input"
+class InvalidInput(ApiError, code="invalid_input"):
+    """Wrong width, NaN/Inf, non-numeric, empty, unknown fields, ..."""
 
 
-class OutOfRange(ApiError):
-    status_code = 422
-    code = "out_of_range"
+class OutOfRange(ApiError, code="out_of_range"):
+    """``n``, ``temperature``, ``fpr``, ... outside their range."""
 
 
-class TooManyRows(ApiError):
-    status_code = 413
-    code = "too_many_rows"
+class TooManyRows(ApiError, code="too_many_rows"):
+    """More rows than ``MAX_ROWS``, or an ``/explain`` too large to compute."""
 
 
-class BodyTooLarge(ApiError):
-    status_code = 413
-    code = "body_too_large"
+class BodyTooLarge(ApiError, code="body_too_large"):
+    """A body over ``MAX_BODY_BYTES``."""
 
 
-class ModelNotFound(ApiError):
-    status_code = 404
-    code = "model_not_found"
+class ModelNotFound(ApiError, code="model_not_found"):
+    """No model of that name."""
 
 
-class VersionNotFound(ApiError):
-    status_code = 404
-    code = "version_not_found"
+class VersionNotFound(ApiError, code="version_not_found"):
+    """No such version of the model."""
 
 
-class ModelUnavailable(ApiError):
-    status_code = 503
-    code = "model_unavailable"
+class ModelUnavailable(ApiError, code="model_unavailable"):
+    """That version failed to load."""
 
 
-class Overloaded(ApiError):
-    status_code = 503
-    code = "overloaded"
+class Overloaded(ApiError, code="overloaded"):
+    """Too many requests in flight (answered with ``Retry-After``)."""
 
 
-class Unauthorized(ApiError):
-    status_code = 401
-    code = "unauthorized"
+class Unauthorized(ApiError, code="unauthorized"):
+    """A missing or invalid API key."""
 
 
-class AdminDisabled(ApiError):
-    status_code = 403
-    code = "admin_disabled"
+class AdminDisabled(ApiError, code="admin_disabled"):
+    """No admin key is configured: ``/admin/*`` is off."""
 
 
-class UnsupportedMediaType(ApiError):
-    status_code = 415
-    code = "unsupported_media_type"
+class UnsupportedMediaType(ApiError, code="unsupported_media_type"):
+    """A Content-Type the endpoint does not read."""
 
 
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
@@ -160,13 +150,8 @@ def _render(err: ApiError, headers: dict[str, str] | None = None) -> JSONRespons
     )
 
 
-_HTTP_CODES = {
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "body_too_large",
-    415: "unsupported_media_type",
-}
+# The codes of Starlette's own HTTP errors (an unknown route, a wrong method), by status.
+_FRAMEWORK_CODES = {e.status: e.code for e in ERROR_CODES if e.framework}
 
 
 def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
@@ -192,7 +177,7 @@ def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        code = _FRAMEWORK_CODES.get(exc.status_code, "http_error")
         _count(code)
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404:

@@ -6,8 +6,8 @@
 The public API is exactly ``__all__``; everything in underscore modules is private.
 """
 
-from ._async_client import AsyncFlowClient
-from ._client import FlowClient
+import typing as _typing
+
 from ._codec import NPY_MEDIA_TYPE, decode_npy, encode_npy
 from ._exceptions import (
     ConnectionFailed,
@@ -21,6 +21,10 @@ from ._exceptions import (
     Unauthorized,
 )
 from ._models import Encoding, Explanation, ScoreResult
+
+if _typing.TYPE_CHECKING:
+    from ._async_client import AsyncFlowClient
+    from ._client import FlowClient
 
 __version__ = "0.1.0"
 
@@ -44,3 +48,17 @@ __all__ = [
     "decode_npy",
     "encode_npy",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # The two clients need httpx; they are imported on first use so that the wire tables in
+    # _protocol, which the server's bulk scorer shares, import without httpx installed.
+    if name == "FlowClient":
+        from ._client import FlowClient
+
+        return FlowClient
+    if name == "AsyncFlowClient":
+        from ._async_client import AsyncFlowClient
+
+        return AsyncFlowClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

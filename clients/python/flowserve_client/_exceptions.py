@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._protocol import ERROR_CODES
+
 __all__ = [
     "ConnectionFailed",
     "FlowServeError",
@@ -89,32 +91,25 @@ class RequestTimeout(FlowServeError):
     """The service did not answer within the client's timeout."""
 
 
-# Server error codes whose meaning the status code alone does not pin down.
-_BY_CODE: dict[str, type[FlowServeError]] = {
-    "invalid_input": InvalidInput,
-    "out_of_range": InvalidInput,
-    "unsupported_media_type": InvalidInput,
-    "unauthorized": Unauthorized,
-    "model_not_found": ModelNotFound,
-    "version_not_found": ModelNotFound,
-    "too_many_rows": PayloadTooLarge,
-    "body_too_large": PayloadTooLarge,
-    "model_unavailable": ServiceUnavailable,
-    "overloaded": ServiceUnavailable,
-    "not_ready": ServiceUnavailable,
-    "draining": ServiceUnavailable,
-    "admin_disabled": Unauthorized,
+_CLASSES: dict[str, type[FlowServeError]] = {
+    cls.__name__: cls
+    for cls in (
+        FlowServeError,
+        InvalidInput,
+        Unauthorized,
+        ModelNotFound,
+        PayloadTooLarge,
+        ServerError,
+        ServiceUnavailable,
+    )
 }
-
+# The server's error codes, from the table it answers with.
+_BY_CODE: dict[str, type[FlowServeError]] = {e.code: _CLASSES[e.exception] for e in ERROR_CODES}
+# Responses without a code (a proxy's, the V2 protocol's ``{"error": "..."}``): by status. Every
+# code of one status raises the same class (a test checks), so the status stands in for the code.
 _BY_STATUS: dict[int, type[FlowServeError]] = {
-    400: InvalidInput,
-    401: Unauthorized,
-    403: Unauthorized,
-    404: ModelNotFound,
-    413: PayloadTooLarge,
-    415: InvalidInput,
-    422: InvalidInput,
-    503: ServiceUnavailable,
+    400: InvalidInput,  # a plain 400 (a proxy's, or a framework's bad request)
+    **{e.status: _CLASSES[e.exception] for e in ERROR_CODES},
 }
 
 
