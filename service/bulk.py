@@ -24,6 +24,12 @@ import numpy as np
 import pandas as pd
 
 from flowserve.artifact import ArtifactError, version_dirs
+from flowserve_client import _protocol
+from flowserve_client._protocol import (
+    STATUS_NON_FINITE_INPUT,
+    STATUS_NON_FINITE_LOG_PROB,
+    STATUS_OK,
+)
 
 from .runtime import OnnxFlowModel
 
@@ -44,13 +50,13 @@ __all__ = [
     "score_meta",
 ]
 
-SCORE_COLUMNS = ["log_prob", "score", "percentile", "p_value", "is_anomaly", "status"]
+# The output columns after the ``keep`` ones, in order (the client's ``flowserve score`` writes
+# the same). The status column says why a row's numbers are what they are: a row that could not
+# be scored is flagged (is_anomaly True), never reported normal: Inf or 1e308 is the most
+# anomalous reading.
+_COLUMNS = [c for c in _protocol.SCORE_COLUMNS if c.offline]
+SCORE_COLUMNS = [c.name for c in _COLUMNS]
 Errors = Literal["raise", "coerce"]
-# The status column: why a row's numbers are what they are. A row that could not be scored is
-# flagged (is_anomaly True), never reported normal: Inf or 1e308 is the most anomalous reading.
-STATUS_OK = "ok"
-STATUS_NON_FINITE_INPUT = "non_finite_input"  # NaN/Inf (or beyond float32) features, coerced
-STATUS_NON_FINITE_LOG_PROB = "non_finite_log_prob"  # finite features, but no finite density
 
 
 class NonFiniteRows(ValueError):
@@ -170,16 +176,20 @@ def score_frame(
         np.where(np.isfinite(log_prob), STATUS_OK, STATUS_NON_FINITE_LOG_PROB),
         STATUS_NON_FINITE_INPUT,
     )
+    values = {
+        "log_prob": log_prob,
+        "score": -log_prob,
+        "percentile": percentile,
+        "p_value": p_value,
+        # NaN log-likelihoods (unscorable rows) are flagged by the threshold test; say so anyway.
+        "is_anomaly": np.asarray(result.is_anomaly, dtype=bool) | ~finite,
+        "status": status,
+    }
     out = pd.DataFrame(index=df.index)
     for name in keep:
         out[name] = df[name]
-    out["log_prob"] = log_prob
-    out["score"] = -log_prob
-    out["percentile"] = percentile
-    out["p_value"] = p_value
-    # NaN log-likelihoods (unscorable rows) are flagged by the threshold test; say so anyway.
-    out["is_anomaly"] = np.asarray(result.is_anomaly, dtype=bool) | ~finite
-    out["status"] = pd.Series(status, index=df.index, dtype=str)
+    for column in _COLUMNS:
+        out[column.name] = pd.Series(values[column.name], index=df.index, dtype=column.dtype)
     return out
 
 
@@ -199,10 +209,8 @@ def score_meta(input_meta: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFra
     meta = pd.DataFrame(index=input_meta.index[:0])
     for name in keep:
         meta[name] = input_meta[name].iloc[:0]
-    for name in ("log_prob", "score", "percentile", "p_value"):
-        meta[name] = pd.Series(dtype=np.float64)
-    meta["is_anomaly"] = pd.Series(dtype=bool)
-    meta["status"] = pd.Series(dtype=str)  # pandas' string dtype, as score_frame's column
+    for column in _COLUMNS:
+        meta[column.name] = pd.Series(dtype=column.dtype)  # as score_frame's columns
     return meta
 
 

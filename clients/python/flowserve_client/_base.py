@@ -20,6 +20,7 @@ import numpy as np
 from ._codec import NPY_MEDIA_TYPE, decode_npy, encode_npy
 from ._exceptions import FlowServeError, InvalidInput, error_for_response
 from ._models import Encoding, Explanation, ScoreResult
+from ._protocol import LEGACY_NPY_COLUMNS, SCORE_COLUMNS
 
 __all__ = [
     "DEFAULT_BINARY_THRESHOLD",
@@ -176,15 +177,16 @@ def _parse_log_prob(response: httpx.Response) -> np.ndarray:
     return _float(response.json()["log_prob"])
 
 
-# Columns asked of a binary /score reply (servers that predate ?columns= send the first three
-# and no X-Flowserve-Columns header).
-_NPY_SCORE_COLUMNS = ["log_prob", "percentile", "is_anomaly", "p_value"]
-_LEGACY_NPY_COLUMNS = "log_prob,percentile,is_anomaly"
+# Columns asked of a binary /score reply: all but those computed here (score = -log_prob) and
+# fdr_selected, asked only with fdr. Servers that predate ?columns= send LEGACY_NPY_COLUMNS and
+# no X-Flowserve-Columns header.
+_NPY_SCORE_COLUMNS = [c.name for c in SCORE_COLUMNS if c.http and not c.derived and not c.needs_fdr]
+_NPY_FDR_COLUMNS = [c.name for c in SCORE_COLUMNS if c.http and c.needs_fdr]
 
 
 def _parse_score(response: httpx.Response) -> ScoreResult:
     if _is_npy(response):
-        names = response.headers.get("X-Flowserve-Columns", _LEGACY_NPY_COLUMNS).split(",")
+        names = response.headers.get("X-Flowserve-Columns", ",".join(LEGACY_NPY_COLUMNS)).split(",")
         table = _float(decode_npy(response.content)).reshape(-1, len(names))
         cols = {name: table[:, i] for i, name in enumerate(names)}
         model, version = _model_of(response)
@@ -337,7 +339,7 @@ class BaseClient:
             call.json_body.update(options)
         else:
             call.params.update(options)
-            columns = [*_NPY_SCORE_COLUMNS, *(["fdr_selected"] if fdr is not None else [])]
+            columns = [*_NPY_SCORE_COLUMNS, *(_NPY_FDR_COLUMNS if fdr is not None else [])]
             call.params["columns"] = ",".join(columns)
         return call
 

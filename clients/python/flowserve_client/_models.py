@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from ._protocol import SCORE_COLUMNS
+
 if TYPE_CHECKING:  # pandas is optional
     import pandas as pd
 
@@ -93,13 +95,8 @@ class ScoreResult:
 
     def columns(self) -> dict[str, np.ndarray]:
         """The per-row arrays by name, in output order (those the server sent)."""
-        cols = {"log_prob": self.log_prob, "score": self.score, "percentile": self.percentile}
-        if self.p_value is not None:
-            cols["p_value"] = self.p_value
-        cols["is_anomaly"] = self.is_anomaly
-        if self.fdr_selected is not None:
-            cols["fdr_selected"] = self.fdr_selected
-        return cols
+        cols = {c.name: getattr(self, c.name) for c in SCORE_COLUMNS if c.http}
+        return {name: value for name, value in cols.items() if value is not None}
 
     def to_frame(self, index: Any = None) -> pd.DataFrame:
         """The per-row columns as a DataFrame (needs pandas); pass ``index=df.index`` to align."""

@@ -37,13 +37,15 @@ import numpy as np
 
 from ._client import FlowClient
 from ._exceptions import FlowServeError, InvalidInput
+from ._protocol import SCORE_COLUMNS, STATUS_NON_FINITE_INPUT, STATUS_OK
 
 __all__ = ["OUTPUT_COLUMNS", "Chunk", "configure", "iter_chunks", "run", "score_file"]
 
-OUTPUT_COLUMNS = ["log_prob", "score", "percentile", "p_value", "is_anomaly", "status"]
+# The score columns after the --id-column ones: those of the server's bulk tables.
+OUTPUT_COLUMNS = [c.name for c in SCORE_COLUMNS if c.offline]
+# Those read from the ScoreResult as numbers (empty cells where a row was not sent).
+_NUMBER_COLUMNS = [c.name for c in SCORE_COLUMNS if c.offline and c.dtype is float]
 DEFAULT_CHUNK_ROWS = 10_000
-STATUS_OK = "ok"
-STATUS_NON_FINITE_INPUT = "non_finite_input"
 _MISSING = frozenset({"", "nan", "NaN", "NA", "N/A", "null", "NULL", "None"})
 
 
@@ -227,22 +229,20 @@ def _score_chunk(
             "anomalies, status non_finite_input)"
         )
     n = len(chunk)
-    cols = {c: np.full(n, np.nan) for c in ("log_prob", "score", "percentile", "p_value")}
+    cols = {c: np.full(n, np.nan) for c in _NUMBER_COLUMNS}
     is_anomaly = np.ones(n, dtype=bool)
     if finite.any():
         result = client.score(x[finite], fpr=fpr)
-        for name in ("log_prob", "score", "percentile", "p_value"):
+        for name in _NUMBER_COLUMNS:
             value = getattr(result, name)
             if value is not None:
                 cols[name][finite] = value
         is_anomaly[finite] = result.is_anomaly
-    ids = [chunk.columns[c] for c in id_columns]
-    out = []
-    for i in range(n):
-        numbers = [_cell(cols[c][i]) for c in ("log_prob", "score", "percentile", "p_value")]
-        status = STATUS_OK if finite[i] else STATUS_NON_FINITE_INPUT
-        out.append([*(_cell(col[i]) for col in ids), *numbers, bool(is_anomaly[i]), status])
-    return out
+    cells: dict[str, list[Any]] = {c: [_cell(v) for v in cols[c]] for c in _NUMBER_COLUMNS}
+    cells["is_anomaly"] = [bool(v) for v in is_anomaly]
+    cells["status"] = [STATUS_OK if ok else STATUS_NON_FINITE_INPUT for ok in finite]
+    ids = [[_cell(v) for v in chunk.columns[c]] for c in id_columns]
+    return [list(row) for row in zip(*ids, *(cells[c] for c in OUTPUT_COLUMNS), strict=True)]
 
 
 def _cell(value: Any) -> Any:
