@@ -1,21 +1,26 @@
-"""The model endpoints (/log_prob, /score, /encode, /decode, /sample), mounted under three
-prefixes: ``""`` (default model), ``/models/{name}`` (its newest ready version) and
+"""The model endpoints (/log_prob, /score, /explain, /encode, /decode, /sample), mounted under
+three prefixes: ``""`` (default model), ``/models/{name}`` (its newest ready version) and
 ``/models/{name}/versions/{version}``. One implementation serves all three.
+
+Each endpoint is one :class:`Endpoint` record in :data:`ENDPOINTS`: its handler, its schemas and
+what sets it apart (query options, binary bodies and replies), so adding one touches one entry.
 """
 
 # No ``from __future__ import annotations`` here: the endpoint signatures built in _endpoint
 # carry annotation objects, which FastAPI must see as real objects, not strings.
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from flowserve.conformal import benjamini_hochberg
+from flowserve_client._protocol import LEGACY_NPY_COLUMNS, SCORE_COLUMNS
 
 from . import codec, explain, limits
 from .drift import drift_window
@@ -36,7 +41,7 @@ from .schemas import (
 )
 from .state import ServiceState, get_state, require_api_key
 
-__all__ = ["prediction_router", "request_body_docs", "score_batch"]
+__all__ = ["ENDPOINTS", "Endpoint", "prediction_router", "request_body_docs", "score_batch"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
@@ -154,9 +159,11 @@ def score_batch(
     return res
 
 
-# Columns of a binary /score reply, by ?columns= name (default: the first three, as before).
-_NPY_COLUMNS = ("log_prob", "percentile", "is_anomaly", "p_value", "score", "fdr_selected")
-_DEFAULT_NPY_COLUMNS = "log_prob,percentile,is_anomaly"
+# The per-row columns of a /score reply; a binary reply holds those named by ?columns= (by
+# default the ones it held before ?columns= existed).
+_SCORE_COLUMNS = [c for c in SCORE_COLUMNS if c.http]
+_NPY_COLUMNS = tuple(c.name for c in _SCORE_COLUMNS)
+_DEFAULT_NPY_COLUMNS = ",".join(LEGACY_NPY_COLUMNS)
 
 
 def _npy_columns(query: str | None, fdr: float | None) -> list[str]:
@@ -169,8 +176,9 @@ def _npy_columns(query: str | None, fdr: float | None) -> list[str]:
             else "columns: name at least one column",
             field="columns",
         )
-    if "fdr_selected" in names and fdr is None:
-        raise InvalidInput("columns: fdr_selected needs fdr (?fdr=0.1)", field="columns")
+    needing_fdr = [c.name for c in _SCORE_COLUMNS if c.needs_fdr and c.name in names]
+    if needing_fdr and fdr is None:
+        raise InvalidInput(f"columns: {needing_fdr[0]} needs fdr (?fdr=0.1)", field="columns")
     return names
 
 
@@ -185,7 +193,7 @@ async def _log_prob(request: Request, state: ServiceState, mv: ModelVersion) -> 
 
 async def _score(request: Request, state: ServiceState, mv: ModelVersion) -> Response:
     x, payload = await _rows(request, state, mv, {"inputs", "fpr", "fdr"}, named=True)
-    query = request.state.score_query
+    query = request.state.query
     opts = _score_options(payload, query)
     npy_out = codec.wants_npy(request.headers.get("accept"))
     columns = _npy_columns(query.get("columns"), opts.fdr) if npy_out else []
@@ -193,15 +201,15 @@ async def _score(request: Request, state: ServiceState, mv: ModelVersion) -> Res
     res = score_batch(state, mv, lp, opts.fpr)
     selected = None if opts.fdr is None else benjamini_hochberg(res.p_value, opts.fdr)
     state.metrics.rows_done("score", mv.name, len(x))
+    values = {
+        "log_prob": lp,
+        "score": -lp,
+        "percentile": res.percentile,
+        "p_value": res.p_value,
+        "is_anomaly": res.is_anomaly,
+        "fdr_selected": selected,
+    }
     if npy_out:
-        values = {
-            "log_prob": lp,
-            "percentile": res.percentile,
-            "is_anomaly": res.is_anomaly,
-            "p_value": res.p_value,
-            "score": -lp,
-            "fdr_selected": selected,
-        }
         table = np.stack([values[c] for c in columns], axis=1).astype(np.float32)
         headers = _headers(mv)
         headers["X-Flowserve-Threshold"] = repr(res.threshold)
@@ -215,11 +223,7 @@ async def _score(request: Request, state: ServiceState, mv: ModelVersion) -> Res
         "version": mv.version,
         "fpr": res.fpr,
         "threshold": res.threshold,
-        "log_prob": lp,
-        "score": -lp,
-        "percentile": res.percentile,
-        "p_value": res.p_value,
-        "is_anomaly": res.is_anomaly,
+        **{c.name: values[c.name] for c in _SCORE_COLUMNS if not c.needs_fdr},
     }
     if selected is not None:
         body["fdr"] = opts.fdr
@@ -387,33 +391,6 @@ async def _sample(request: Request, state: ServiceState, mv: ModelVersion) -> Re
     return codec.json_response({"model": mv.name, "version": mv.version, "samples": samples})
 
 
-_ENDPOINTS: list[tuple[str, Handler, type, str | None, str]] = [
-    ("log_prob", _log_prob, LogProbResponse, "RowsRequest", "Log-density of each row (nats)."),
-    (
-        "score",
-        _score,
-        ScoreResponse,
-        "ScoreRequest",
-        "Anomaly scores: score = -log_prob, percentile against held-out data, conformal "
-        "p_value, is_anomaly (p_value <= fpr) at false-positive rate fpr (JSON field or ?fpr= "
-        "query; default: the model's; at least 1/(n+1)); with fdr, Benjamini-Hochberg "
-        "selection fdr_selected.",
-    ),
-    (
-        "explain",
-        _explain,
-        ExplainResponse,
-        "ExplainRequest",
-        "Per-feature contributions to each row's anomaly score: Shapley values of the "
-        "hybrid-row score against a baseline row (exact up to 10 features, sampled above); each "
-        "row's contributions sum to score - baseline_score.",
-    ),
-    ("encode", _encode, EncodeResponse, "RowsRequest", "Latent codes z and log|det dz/dx|."),
-    ("decode", _decode, DecodeResponse, "DecodeRequest", "Rows for latent codes z."),
-    ("sample", _sample, SampleResponse, None, "n new rows (same seed, same rows)."),
-]
-
-
 _SCORE_QUERY: dict[str, Any] = {
     "fpr": Annotated[
         float | None, Query(gt=0.0, lt=1.0, description="false-positive rate (binary bodies)")
@@ -432,22 +409,93 @@ _SCORE_QUERY: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """One model endpoint, ``POST <prefix>/<name>``, and what OpenAPI says of it.
+
+    Arguments:
+        name: the path segment, also the endpoint's label in metrics.
+        handler: answers a request for the resolved model version.
+        response: the model of its JSON reply.
+        request_schema: the OpenAPI schema of its JSON body (the handler parses the body).
+        doc: the description; its first sentence is the summary.
+        npy_body: the body may be an ``.npy`` array instead of JSON.
+        npy_reply: OpenAPI lists an ``.npy`` form of the 200 reply.
+        query: query options as annotated FastAPI parameters, validated by FastAPI; the handler
+            reads them from ``request.state.query``.
+    """
+
+    name: str
+    handler: Handler
+    response: type[BaseModel]
+    request_schema: str
+    doc: str
+    npy_body: bool = True
+    npy_reply: bool = True
+    query: Mapping[str, Any] = field(default_factory=dict)
+
+    def responses(self) -> dict[int | str, dict[str, Any]]:
+        return {**_ERRORS, 200: {"content": _NPY_OUT}} if self.npy_reply else _ERRORS
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "log_prob", _log_prob, LogProbResponse, "RowsRequest", "Log-density of each row (nats)."
+    ),
+    Endpoint(
+        "score",
+        _score,
+        ScoreResponse,
+        "ScoreRequest",
+        "Anomaly scores: score = -log_prob, percentile against held-out data, conformal "
+        "p_value, is_anomaly (p_value <= fpr) at false-positive rate fpr (JSON field or ?fpr= "
+        "query; default: the model's; at least 1/(n+1)); with fdr, Benjamini-Hochberg "
+        "selection fdr_selected.",
+        query=_SCORE_QUERY,
+    ),
+    Endpoint(
+        "explain",
+        _explain,
+        ExplainResponse,
+        "ExplainRequest",
+        "Per-feature contributions to each row's anomaly score: Shapley values of the "
+        "hybrid-row score against a baseline row (exact up to 10 features, sampled above); each "
+        "row's contributions sum to score - baseline_score.",
+        npy_reply=False,
+    ),
+    Endpoint(
+        "encode", _encode, EncodeResponse, "RowsRequest", "Latent codes z and log|det dz/dx|."
+    ),
+    Endpoint("decode", _decode, DecodeResponse, "DecodeRequest", "Rows for latent codes z."),
+    Endpoint(
+        "sample",
+        _sample,
+        SampleResponse,
+        "SampleRequest",
+        "n new rows (same seed, same rows).",
+        npy_body=False,
+        npy_reply=False,
+    ),
+)
+
+
 def _endpoint(
-    name: str, impl: Handler, resolver: Callable[..., Awaitable[ModelVersion]]
+    ep: Endpoint, resolver: Callable[..., Awaitable[ModelVersion]]
 ) -> Callable[..., Awaitable[Response]]:
     """The route function: API key, then the model version, then the handler.
 
     Both are called directly rather than as FastAPI dependencies: resolving two sub-dependencies
     cost more per request than parsing and validating a one-row body. The function's signature
-    still declares the path parameters (and ``fpr`` on /score), so OpenAPI is unchanged.
+    still declares the path parameters (and the endpoint's query options), so OpenAPI is
+    unchanged.
     """
 
     async def endpoint(request: Request, **params: Any) -> Response:
         require_api_key(request)
-        # /score's query options, validated by FastAPI; the body's fpr and fdr win over them.
-        request.state.score_query = {k: params.pop(k, None) for k in _SCORE_QUERY}
+        # The query options, validated by FastAPI (on /score the body's fpr and fdr win).
+        request.state.query = {k: params.pop(k, None) for k in ep.query}
         mv = await resolver(request, **params)
-        return await _observe(name, request, mv, impl)
+        return await _observe(ep.name, request, mv, ep.handler)
 
     request_param = inspect.Parameter(
         "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request
@@ -457,13 +505,12 @@ def _endpoint(
         for p in inspect.signature(resolver, eval_str=True).parameters.values()
         if p.name != "request"
     ]
-    if name == "score":
-        path_params.extend(
-            inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a)
-            for option, a in _SCORE_QUERY.items()
-        )
+    query_params = [
+        inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a)
+        for option, a in ep.query.items()
+    ]
     endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [request_param, *path_params], return_annotation=Response
+        [request_param, *path_params, *query_params], return_annotation=Response
     )
     return endpoint
 
@@ -471,27 +518,20 @@ def _endpoint(
 def prediction_router(
     resolver: Callable[..., Awaitable[ModelVersion]], prefix: str, tag: str
 ) -> APIRouter:
-    """The five model endpoints under ``prefix``, the model resolved by ``resolver``."""
+    """The model endpoints (:data:`ENDPOINTS`) under ``prefix``, the model resolved by
+    ``resolver``."""
     router = APIRouter(prefix=prefix, tags=[tag])
-    for name, impl, response, schema, doc in _ENDPOINTS:
-        extra = (
-            request_body_docs("SampleRequest", binary=False)
-            if schema is None
-            else request_body_docs(schema)
-        )
+    route_suffix = prefix.replace("/", "_").replace("{", "").replace("}", "")
+    for ep in ENDPOINTS:
         router.add_api_route(
-            f"/{name}",
-            _endpoint(name, impl, resolver),
+            f"/{ep.name}",
+            _endpoint(ep, resolver),
             methods=["POST"],
-            response_model=response,
-            responses=(
-                {**_ERRORS, 200: {"content": _NPY_OUT}}
-                if name not in ("sample", "explain")
-                else _ERRORS
-            ),
-            summary=doc.split(".")[0],
-            description=doc,
-            openapi_extra=extra,
-            name=f"{name}{prefix.replace('/', '_').replace('{', '').replace('}', '')}",
+            response_model=ep.response,
+            responses=ep.responses(),
+            summary=ep.doc.split(".")[0],
+            description=ep.doc,
+            openapi_extra=request_body_docs(ep.request_schema, binary=ep.npy_body),
+            name=f"{ep.name}{route_suffix}",
         )
     return router
