@@ -17,11 +17,8 @@ from .settings import ServiceSettings
 __all__ = [
     "AdminKey",
     "ApiKey",
-    "DefaultModel",
-    "NamedModel",
     "ServiceState",
     "State",
-    "VersionedModel",
     "get_state",
     "require_admin_key",
     "require_api_key",
@@ -106,6 +103,8 @@ async def _admin_key_dep(request: Request) -> None:
 AdminKey = Depends(_admin_key_dep)
 
 
+# The model version each route prefix serves (``""``, ``/models/{name}``, its ``/versions/...``):
+# routes_predict calls these directly rather than as dependencies (see its ``_endpoint``).
 async def _default(request: Request) -> ModelVersion:
     return get_state(request).repository.snapshot.resolve()
 
@@ -116,8 +115,3 @@ async def _named(request: Request, name: str) -> ModelVersion:
 
 async def _versioned(request: Request, name: str, version: str) -> ModelVersion:
     return get_state(request).repository.snapshot.resolve(name, version)
-
-
-DefaultModel = Annotated[ModelVersion, Depends(_default)]
-NamedModel = Annotated[ModelVersion, Depends(_named)]
-VersionedModel = Annotated[ModelVersion, Depends(_versioned)]
