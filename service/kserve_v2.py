@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -415,10 +415,40 @@ def _unknown_path(routes: list[Any]) -> Callable[..., Coroutine[Any, Any, Respon
     return unknown_path
 
 
+class _ModelRoute(NamedTuple):
+    """One per-model V2 route, served under ``/models/{name}`` and its ``/versions/{version}``."""
+
+    path: str
+    handler: Callable[..., Coroutine[Any, Any, Response]]
+    summary: str
+    method: str = "GET"
+    responses: dict[int | str, dict[str, Any]] | None = None
+    openapi_extra: dict[str, Any] | None = None
+
+
+def _model_routes(errors: dict[int | str, dict[str, Any]]) -> tuple[_ModelRoute, ...]:
+    return (
+        _ModelRoute("", model_metadata, "V2 model metadata", responses=errors),
+        _ModelRoute("/ready", model_ready, "V2 model readiness"),
+        _ModelRoute("/config", model_config, "V2 model configuration", responses=errors),
+        _ModelRoute("/stats", model_stats, "V2 model statistics", responses=errors),
+        _ModelRoute(
+            "/infer",
+            infer,
+            "V2 inference (Open Inference Protocol, binary tensor extension)",
+            method="POST",
+            responses={200: {"model": V2InferenceResponse}, **errors},
+            openapi_extra=_body_docs("V2InferenceRequest", binary=True),
+        ),
+    )
+
+
 def kserve_v2_router() -> APIRouter:
     """The V2 routes, for ``app.include_router(kserve_v2_router())``."""
     router = APIRouter(prefix="/v2", tags=["kserve-v2"], route_class=V2Route)
-    errors = {code: {"model": V2Error} for code in (401, 404, 413, 422, 503)}
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": V2Error} for code in (401, 404, 413, 422, 503)
+    }
     router.add_api_route("/health/live", live, methods=["GET"], summary="V2 liveness")
     router.add_api_route("/health/ready", ready, methods=["GET"], summary="V2 readiness")
     router.add_api_route(
@@ -435,36 +465,17 @@ def kserve_v2_router() -> APIRouter:
     router.add_api_route(
         "/models/stats", model_stats, methods=["GET"], summary="V2 statistics of every model"
     )
+    model_routes = _model_routes(errors)
     for suffix in ("", "/versions/{version}"):
-        base = "/models/{name}" + suffix
-        router.add_api_route(
-            base, model_metadata, methods=["GET"], summary="V2 model metadata", responses=errors
-        )
-        router.add_api_route(
-            base + "/ready", model_ready, methods=["GET"], summary="V2 model readiness"
-        )
-        router.add_api_route(
-            base + "/config",
-            model_config,
-            methods=["GET"],
-            summary="V2 model configuration",
-            responses=errors,
-        )
-        router.add_api_route(
-            base + "/stats",
-            model_stats,
-            methods=["GET"],
-            summary="V2 model statistics",
-            responses=errors,
-        )
-        router.add_api_route(
-            base + "/infer",
-            infer,
-            methods=["POST"],
-            summary="V2 inference (Open Inference Protocol, binary tensor extension)",
-            responses={200: {"model": V2InferenceResponse}, **errors},
-            openapi_extra=_body_docs("V2InferenceRequest", binary=True),
-        )
+        for route in model_routes:
+            router.add_api_route(
+                "/models/{name}" + suffix + route.path,
+                route.handler,
+                methods=[route.method],
+                summary=route.summary,
+                responses=route.responses,
+                openapi_extra=route.openapi_extra,
+            )
     router.add_api_route(
         _CATCH_ALL.removeprefix("/v2"),
         _unknown_path(router.routes),
