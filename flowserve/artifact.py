@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from flowserve import conformal
 
@@ -40,6 +48,7 @@ __all__ = [
     "INVERSE_GRAPH",
     "MANIFEST_FILE",
     "MAX_STORED_SCORES",
+    "SCHEMA_MINOR",
     "SCHEMA_VERSION",
     "TORCHSCRIPT_FILE",
     "UNIT_NORM_TOLERANCE",
@@ -63,7 +72,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# Manifest schema version (ADR 0003): a reader reads its own major only, and any minor of it; a
+# newer minor's fields it does not know are ignored with a warning. Writers write their own.
+SCHEMA_VERSION = 1  # the major
+SCHEMA_MINOR = 0
 MANIFEST_FILE = "manifest.json"
 FORWARD_GRAPH = "forward.onnx"
 INVERSE_GRAPH = "inverse.onnx"
@@ -396,7 +408,10 @@ class Parity(_Strict):
 class Manifest(_Strict):
     """``manifest.json``: everything needed to serve, audit and reproduce one model version."""
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = Field(SCHEMA_VERSION, description="the major schema version")
+    schema_minor: int = Field(
+        SCHEMA_MINOR, ge=0, description="the minor schema version (absent: 0, see ADR 0003)"
+    )
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     version: int = Field(ge=1)
     family: str
@@ -431,10 +446,9 @@ class Manifest(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Manifest:
-        if self.schema_version != SCHEMA_VERSION:
-            raise ValueError(
-                f"schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})"
-            )
+        problem = _major_problem(self.schema_version)
+        if problem:
+            raise ValueError(problem)
         if len(self.feature_names) != self.dim:
             raise ValueError(f"{len(self.feature_names)} feature_names for dim {self.dim}")
         if int(np.prod(self.input_shape)) != self.dim:
@@ -456,6 +470,30 @@ class Manifest(_Strict):
             if problem:
                 raise ValueError(f"path {rel!r} {problem}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _minor_zero_unwritten(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("schema_minor") == 0:
+            # Minor 0 is written as it was before the field existed, so readers older than the
+            # compatibility policy (exact schema_version, unknown fields refused) still read it.
+            del data["schema_minor"]
+        return data
+
+
+def _major_problem(major: object) -> str | None:
+    """Why a manifest of schema major ``major`` cannot be read here (None when it can)."""
+    if not isinstance(major, int) or major == SCHEMA_VERSION:
+        return None  # ours; a value that is no integer at all is the schema's to refuse
+    if major > SCHEMA_VERSION:
+        return (
+            f"schema_version {major} is newer than this flowserve reads (schema "
+            f"{SCHEMA_VERSION}.x): upgrade flowserve to serve it"
+        )
+    return (
+        f"schema_version {major} is older than this flowserve reads (schema {SCHEMA_VERSION}.x): "
+        "re-export the model with this flowserve, or serve it with a release that reads it"
+    )
 
 
 def _path_problem(rel: str) -> str | None:
@@ -517,13 +555,89 @@ def sha256_file(path: Path) -> str:
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    """Write ``manifest.json`` at this writer's schema version (ADR 0003).
+
+    What is written is validated strictly first: a field the schema does not know (a typo in the
+    exporter) is an error here, never something a reader is left to ignore.
+    """
+    ours = manifest.model_copy(
+        update={"schema_version": SCHEMA_VERSION, "schema_minor": SCHEMA_MINOR}
+    )
+    text = ours.model_dump_json(indent=2)
+    Manifest.model_validate_json(text)
     path = Path(directory) / MANIFEST_FILE
-    path.write_text(manifest.model_dump_json(indent=2) + "\n")
+    path.write_text(text + "\n")
     return path
 
 
+# Sets of ignored fields already warned about: a watched repository re-reads its manifests, and
+# one warning per kind of newer manifest is enough.
+_warned_ignored: set[tuple[str, ...]] = set()
+
+
+def _without(data: Any, loc: tuple[int | str, ...]) -> None:
+    """Delete the field at ``loc`` (a pydantic error location) from nested dicts and lists."""
+    for key in loc[:-1]:
+        data = data[key]
+    del data[loc[-1]]
+
+
+def _ignoring_unknown(data: dict[str, Any], error: ValidationError, path: Path) -> Manifest:
+    """``data`` of a newer minor schema validated without the fields this reader does not know
+    (logged once per set of such fields); raises ``error`` when there are none to drop."""
+    unknown = [err["loc"] for err in error.errors() if err["type"] == "extra_forbidden"]
+    if not unknown:
+        raise error
+    for loc in unknown:
+        _without(data, loc)
+    manifest = Manifest.model_validate(data)  # still strict about everything else
+    ignored = tuple(".".join(map(str, loc)) for loc in unknown)
+    if ignored not in _warned_ignored:
+        _warned_ignored.add(ignored)
+        log.warning(
+            "%s: manifest schema %d.%d is newer than this reader's %d.%d; ignoring the fields it "
+            "does not know: %s (upgrade flowserve to use them)",
+            path,
+            SCHEMA_VERSION,
+            data.get("schema_minor"),
+            SCHEMA_VERSION,
+            SCHEMA_MINOR,
+            ", ".join(ignored),
+        )
+    return manifest
+
+
+def _validate_manifest(data: Any, path: Path) -> Manifest:
+    """Validate manifest JSON under the compatibility policy (ADR 0003): this schema major only;
+    at this reader's minor or older, strictly; at a newer minor, its unknown fields ignored."""
+    newer_minor = False
+    if isinstance(data, dict):
+        # Checked before the fields, which a manifest of another major need not match at all:
+        # the version is the reason to report.
+        problem = _major_problem(data.get("schema_version", SCHEMA_VERSION))
+        if problem:
+            raise ArtifactError(f"{path}: {problem}")
+        minor = data.get("schema_minor", 0)
+        newer_minor = isinstance(minor, int) and minor > SCHEMA_MINOR
+    try:
+        try:
+            return Manifest.model_validate(data)
+        except ValidationError as e:
+            if not newer_minor:
+                raise
+            return _ignoring_unknown(data, e, path)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "manifest"
+        raise ArtifactError(f"{path}: invalid manifest at {where}: {first['msg']}") from e
+
+
 def load_manifest(directory: Path) -> Manifest:
-    """Read and validate ``manifest.json``; raises :class:`ArtifactError` with the reason."""
+    """Read and validate ``manifest.json``; raises :class:`ArtifactError` with the reason.
+
+    A manifest of a newer minor schema version loads with the fields this reader does not know
+    ignored (and logged once); one of another major schema version is refused (ADR 0003).
+    """
     path = Path(directory) / MANIFEST_FILE
     if not path.is_file():
         raise ArtifactError(f"{directory}: no {MANIFEST_FILE}")
@@ -532,12 +646,7 @@ def load_manifest(directory: Path) -> Manifest:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{path}: not valid JSON ({e})") from e
-    try:
-        return Manifest.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise ArtifactError(f"{path}: invalid manifest at {where}: {first['msg']}") from e
+    return _validate_manifest(data, path)
 
 
 def verify_artifact(directory: Path) -> Manifest:

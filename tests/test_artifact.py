@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
+from flowserve import artifact
 from flowserve.artifact import (
+    SCHEMA_MINOR,
+    SCHEMA_VERSION,
     ArtifactError,
     Calibration,
     Manifest,
@@ -19,6 +24,7 @@ from flowserve.artifact import (
     verify_artifact,
     write_manifest,
 )
+from flowserve.service.settings import DEFAULT_MODEL_ROOT
 
 
 def _calibration(seed: int = 0) -> Calibration:
@@ -112,6 +118,80 @@ def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="schema_version"):
         load_manifest(tmp_path)
+
+
+def _written(directory: Path, **changes: object) -> dict[str, Any]:
+    """A manifest as JSON with ``changes`` applied, written to ``directory``."""
+    data = json.loads(_manifest(directory).model_dump_json())
+    data.update(changes)
+    (directory / "manifest.json").write_text(json.dumps(data))
+    return data
+
+
+def test_newer_minor_loads_with_its_unknown_fields_ignored_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(artifact, "_warned_ignored", set())
+    data = _written(tmp_path, schema_minor=SCHEMA_MINOR + 1, drift_reference={"bins": 10})
+    data["calibration"]["winsorized"] = True  # unknown nested fields are ignored too
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="flowserve.artifact"):
+        first = verify_artifact(tmp_path)
+        again = load_manifest(tmp_path)  # a watched root re-reads: one warning is enough
+    assert first == again and first.schema_minor == SCHEMA_MINOR + 1
+    assert not hasattr(first, "drift_reference") and first.calibration == _calibration()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "drift_reference" in warnings[0] and "calibration.winsorized" in warnings[0]
+
+
+def test_newer_minor_is_still_checked_for_everything_it_shares(tmp_path: Path) -> None:
+    _written(tmp_path, schema_minor=SCHEMA_MINOR + 1, novel_field=1, dim=3)
+    with pytest.raises(ArtifactError, match="feature_names for dim 3"):
+        load_manifest(tmp_path)
+
+
+def test_unknown_fields_at_this_readers_minor_are_refused(tmp_path: Path) -> None:
+    # What our own writer produces must match the schema exactly: a typo is an error.
+    _written(tmp_path, feature_nmaes=["a", "b"])
+    with pytest.raises(ArtifactError, match="invalid manifest at feature_nmaes"):
+        load_manifest(tmp_path)
+    with pytest.raises(ValidationError, match="feature_nmaes"):
+        _manifest(tmp_path, feature_nmaes=["a", "b"])
+    unchecked = _manifest(tmp_path).model_copy(update={"dim": 3})  # model_copy validates nothing
+    with pytest.raises(ValidationError, match="feature_names for dim 3"):
+        write_manifest(tmp_path, unchecked)  # the writer checks what it writes
+
+
+@pytest.mark.parametrize(
+    ("major", "reason"),
+    [(SCHEMA_VERSION + 1, "is newer than .*: upgrade flowserve"), (0, "is older than .*re-export")],
+)
+def test_another_major_is_refused_with_the_reason(tmp_path: Path, major: int, reason: str) -> None:
+    # Another major may change anything: its fields are not even looked at.
+    _written(tmp_path, schema_version=major, schema_minor=0, novel_field=1, dim="two")
+    with pytest.raises(ArtifactError, match=f"schema_version {major} {reason}"):
+        load_manifest(tmp_path)
+
+
+def test_writers_write_their_own_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    newer = _manifest(tmp_path).model_copy(update={"schema_minor": SCHEMA_MINOR + 1})
+    write_manifest(tmp_path, newer)
+    written = json.loads((tmp_path / "manifest.json").read_text())
+    # minor 0 is written without the field, so readers from before the policy still read it
+    assert written["schema_version"] == SCHEMA_VERSION and "schema_minor" not in written
+    monkeypatch.setattr(artifact, "SCHEMA_MINOR", 2)
+    write_manifest(tmp_path, _manifest(tmp_path))
+    written = json.loads((tmp_path / "manifest.json").read_text())
+    assert (written["schema_version"], written["schema_minor"]) == (SCHEMA_VERSION, 2)
+
+
+def test_the_shipped_default_model_manifest_still_loads() -> None:
+    directory = DEFAULT_MODEL_ROOT / "sensors" / "1"
+    raw = json.loads((directory / "manifest.json").read_text())
+    assert raw["schema_version"] == 1 and "schema_minor" not in raw  # as it was shipped
+    manifest = verify_artifact(directory)
+    assert (manifest.schema_version, manifest.schema_minor) == (1, 0)
 
 
 def test_next_version(tmp_path: Path) -> None:
