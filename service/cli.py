@@ -1,10 +1,14 @@
 """``flowserve serve``: serve a model repository over HTTP with uvicorn.
 
-Flags override ``FLOWSERVE_*`` environment variables, which override the defaults in
-:class:`~flowserve.service.settings.ServiceSettings`. With ``--workers`` above 1 each uvicorn
-worker process builds its own app (and loads the models) from the environment, and the workers
-share their Prometheus metrics through a multiprocess directory that lives as long as the command
-(see :func:`~flowserve.service.metrics.multiprocess_metrics_dir`).
+The flags are generated from the fields of :class:`~flowserve.service.settings.ServiceSettings`
+(:func:`setting_flags`), so a new setting gets its flag, its ``--help`` line and its row in the
+settings table of ``docs/api.md`` (:func:`settings_table`) from its one definition. Flags override
+``FLOWSERVE_*`` environment variables, which override the defaults.
+
+With ``--workers`` above 1 each uvicorn worker process builds its own app (and loads the models)
+from the environment, and the workers share their Prometheus metrics through a multiprocess
+directory that lives as long as the command (see
+:func:`~flowserve.service.metrics.multiprocess_metrics_dir`).
 """
 
 from __future__ import annotations
