@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from the repository root without an install
     sys.path.insert(0, str(ROOT))
 
+from flowserve.graphs import onnx_session  # noqa: E402
 from flowserve.models import build_flow  # noqa: E402
 from flowserve.models.base import Standardize, StandardUniform  # noqa: E402
 from flowserve.models.export import export_artifact  # noqa: E402
 from flowserve.models.optimize import optimize_graph  # noqa: E402
-from flowserve.service.runtime import onnx_session  # noqa: E402
 from tests.flow_cases import VECTOR_FAMILIES  # noqa: E402
 
 DIM = 4

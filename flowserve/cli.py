@@ -1,7 +1,8 @@
 """The ``flowserve`` console command.
 
 Each subcommand lives with its side and is imported only when called, so ``flowserve serve``
-never imports torch and ``flowserve train`` never imports FastAPI. A subcommand module provides
+never imports torch and ``flowserve train`` never imports FastAPI; ``flowserve verify`` belongs to
+neither side (a serving install verifies artifacts too). A subcommand module provides
 ``configure(parser)`` (adds its arguments) and ``run(args) -> int`` (the exit status).
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("flowserve.models.train_cli", "train a flow on a data file and export an artifact"),
-    "verify": ("flowserve.models.verify_cli", "check an artifact's checksums and ONNX parity"),
+    "verify": ("flowserve.verify", "check an artifact's checksums and ONNX parity"),
     "serve": ("flowserve.service.cli", "serve a model repository over HTTP"),
     "score": ("flowserve_client.cli", "score a CSV/Parquet file against a running service"),
     "batch-score": ("flowserve.service.bulk_cli", "score a Parquet/CSV file locally or on Dask"),

@@ -100,8 +100,8 @@ def export_chain_rule(
     """Write ``chain_rule.onnx`` for ``flow`` (CPU float32, eval) when it has an exact order, and
     check with ONNX Runtime that the terms sum to ``log_prob`` (the forward graph's, on
     ``rows``). Returns the order, or None (no decomposition, or it did not check out: warned)."""
+    from flowserve.graphs import onnx_session
     from flowserve.models.export import export_onnx
-    from flowserve.service.runtime import onnx_session
 
     order = chain_rule_order(flow)
     if order is None:

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from flowserve.artifact import (
     Manifest,
     verify_artifact,
 )
+from flowserve.graphs import onnx_session
+from flowserve.optional import torch_available
 
 __all__ = [
     "FlowModel",
@@ -46,14 +47,6 @@ CHUNK_ROWS = 65_536
 # Rows of the larger call timed at warm-up, to estimate small calls (see FlowModel.call_cost_s).
 _PROBE_ROWS = 8
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-def torch_available() -> bool:
-    """Whether torch can be imported here (without importing it)."""
-    try:
-        return importlib.util.find_spec("torch") is not None
-    except (ImportError, ValueError):  # ``sys.modules['torch'] = None`` raises ValueError
-        return False
 
 
 def base_log_prob(base: BaseSpec, z: np.ndarray) -> np.ndarray:
@@ -228,23 +221,6 @@ class FlowModel:
             probe = self._best_time(call, probe_rows)
             per_row = max(probe - one, 0.0) / (_PROBE_ROWS - 1)
             self._call_cost[direction] = (one - per_row, per_row)
-
-
-def onnx_session(path: Path, intra_op_threads: int = 1, inter_op_threads: int = 1) -> Any:
-    """A CPU ONNX Runtime session, fully optimised, logging errors only.
-
-    The one way every side opens a graph (the service, export's parity check, ``flowserve
-    verify``), so what export measures is what the service runs. onnxruntime's own exceptions
-    propagate; callers word them for their users.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = intra_op_threads
-    opts.inter_op_num_threads = inter_op_threads
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 class OnnxFlowModel(FlowModel):
