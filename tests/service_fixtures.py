@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 
 from flowserve.artifact import (
@@ -26,6 +28,8 @@ from flowserve.artifact import (
     sha256_file,
     write_manifest,
 )
+from flowserve.service.app import create_app
+from flowserve.service.settings import ServiceSettings
 
 __all__ = [
     "AffineFlow",
@@ -35,6 +39,7 @@ __all__ = [
     "corrupt_artifact",
     "npy_bytes",
     "npy_load",
+    "service_client",
 ]
 
 OPSET = 17
@@ -225,6 +230,17 @@ def corrupt_artifact(directory: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def service_client(root: Path | None = None, **settings: Any) -> TestClient:
+    """An in-process client on ``create_app(ServiceSettings(model_root=root, **settings))``.
+
+    Enter it (``with service_client(root) as c:``) to run the lifespan: the models load and warm
+    up on entry and the engine stops on exit. ``root=None`` serves the bundled default model.
+    """
+    if root is not None:
+        settings["model_root"] = root
+    return TestClient(create_app(ServiceSettings(**settings)))
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -16,7 +16,7 @@ import pytest
 
 from flowserve.service import bulk, bulk_cli
 from flowserve.service.runtime import OnnxFlowModel
-from tests.service_fixtures import AffineFlow, affine_flow, build_affine_artifact
+from tests.service_fixtures import AffineFlow, affine_flow, build_affine_artifact, service_client
 
 dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
@@ -40,16 +40,10 @@ def frame(artifact: tuple[Path, AffineFlow]) -> pd.DataFrame:
 
 def _service_scores(model_dir: Path, rows: np.ndarray, fpr: float | None) -> dict:
     """What the service's POST /score answers for ``rows`` (in-process app)."""
-    app_module = pytest.importorskip("flowserve.service.app")
-    from fastapi.testclient import TestClient
-
-    from flowserve.service.settings import ServiceSettings
-
-    settings = ServiceSettings(model_root=model_dir.parent.parent, batching=False)
     body: dict = {"inputs": rows.tolist()}
     if fpr is not None:
         body["fpr"] = fpr
-    with TestClient(app_module.create_app(settings)) as client:
+    with service_client(model_dir.parent.parent, batching=False) as client:
         response = client.post("/models/toy/score", json=body)
     assert response.status_code == 200, response.text
     return response.json()

@@ -15,14 +15,13 @@ from flowserve.artifact import CHAIN_RULE_GRAPH, verify_artifact
 from flowserve.models.autoregressive import (
     ElementwiseAffine,
     MaskedAutoregressiveTransform,
-    affine_bound,
     build_maf,
 )
 from flowserve.models.base import Chain, Flow, Standardize, StandardNormal
 from flowserve.models.chain_rule import ChainRuleGraph, chain_rule_order
 from flowserve.models.export import export_artifact
-from flowserve.service.app import create_app
-from flowserve.service.settings import ServiceSettings
+from flowserve.models.nets import layer_scale_bound
+from tests.service_fixtures import service_client
 
 MEAN = np.array([10.0, -3.0, 0.5])
 SCALE = np.array([2.0, 0.5, 1.5])
@@ -33,8 +32,9 @@ def _single_order_maf(layers: int = 1, seed: int = 0) -> Flow:
     (non-identity) weights."""
     torch.manual_seed(seed)
     order = torch.tensor([2, 3, 1])  # the rank of each feature
+    bound = layer_scale_bound(3.0, layers)
     transforms = [
-        MaskedAutoregressiveTransform(3, ElementwiseAffine(affine_bound(layers)), 16, 2, order)
+        MaskedAutoregressiveTransform(3, ElementwiseAffine(bound), 16, 2, order)
         for _ in range(layers)
     ]
     flow = Flow(Chain(transforms), StandardNormal((3,)), family="maf", hparams={"layers": layers})
@@ -84,8 +84,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
             flow, root / name / "1", name=name, version=1, feature_names=["a", "b", "c"],
             holdout=holdout, torchscript=False,
         )  # fmt: skip
-    settings = ServiceSettings(model_root=root, default_model="chain")
-    with TestClient(create_app(settings)) as client:
+    with service_client(root, default_model="chain") as client:
         yield client, root
 
 

@@ -18,14 +18,13 @@ from flowserve.artifact import (
     load_manifest,
     write_manifest,
 )
-from flowserve.service.app import create_app
-from flowserve.service.settings import ServiceSettings
 from tests.service_fixtures import (
     AffineFlow,
     affine_flow,
     build_affine_artifact,
     npy_bytes,
     npy_load,
+    service_client,
 )
 
 
@@ -149,8 +148,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AffineFlow]:
 
 @pytest.fixture(scope="module")
 def client(repo: tuple[Path, AffineFlow]) -> Iterator[TestClient]:
-    settings = ServiceSettings(model_root=repo[0], default_model="toy")
-    with TestClient(create_app(settings)) as c:
+    with service_client(repo[0], default_model="toy") as c:
         yield c
 
 

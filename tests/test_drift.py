@@ -12,10 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from flowserve.artifact import Calibration
-from flowserve.service.app import create_app
 from flowserve.service.drift import DEFAULT_WINDOW, DriftWindow, ks_statistic, psi
-from flowserve.service.settings import ServiceSettings
-from tests.service_fixtures import AffineFlow, affine_flow, build_affine_artifact
+from tests.service_fixtures import AffineFlow, affine_flow, build_affine_artifact, service_client
 
 
 def _window_p(n_cal: int, rows: np.ndarray, cal_rows: np.ndarray) -> np.ndarray:
@@ -62,7 +60,7 @@ def test_window_keeps_the_last_rows_and_rates() -> None:
 @pytest.fixture()
 def served(tmp_path: Path) -> Iterator[tuple[TestClient, AffineFlow]]:
     _, flow = build_affine_artifact(tmp_path, "toy", 1, affine_flow(3, seed=0))
-    with TestClient(create_app(ServiceSettings(model_root=tmp_path))) as client:
+    with service_client(tmp_path) as client:
         yield client, flow
 
 

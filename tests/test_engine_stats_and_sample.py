@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from pathlib import Path
 
 import anyio
 import numpy as np
 from fastapi.testclient import TestClient
 
-from flowserve.service.app import create_app
 from flowserve.service.batching import DynamicBatcher, ModelStats
-from flowserve.service.settings import ServiceSettings
-from tests.service_fixtures import affine_flow, build_affine_artifact
 
 
 class RecordingModel:
@@ -68,16 +64,14 @@ def test_statistics_fold_executions_from_worker_threads() -> None:
     assert stats.last_inference_ms > 0
 
 
-def test_sample_runs_the_inverse_graph_through_the_engine(tmp_path: Path) -> None:
-    build_affine_artifact(tmp_path, "toy", 1, affine_flow(3, seed=2))
-    with TestClient(create_app(ServiceSettings(model_root=tmp_path))) as client:
-        state = client.app.state.flowserve  # type: ignore[attr-defined]
-        mv = state.repository.snapshot.resolve()
-        stats = state.engine.stats(mv.model)
-        for n in (3, 50):  # noise drawn on the event loop (n <= 8), then on a worker thread
-            before = stats.inference_count
-            got = client.post("/sample", json={"n": n, "seed": 11}).json()["samples"]
-            np.testing.assert_allclose(got, mv.model.sample(n, seed=11), rtol=1e-6)
-            assert stats.inference_count == before + n  # counted as the engine's graph call
-            again = client.post("/sample", json={"n": n, "seed": 11}).json()["samples"]
-            assert again == got
+def test_sample_runs_the_inverse_graph_through_the_engine(toy_client: TestClient) -> None:
+    state = toy_client.app.state.flowserve  # type: ignore[attr-defined]
+    mv = state.repository.snapshot.resolve()
+    stats = state.engine.stats(mv.model)
+    for n in (3, 50):  # noise drawn on the event loop (n <= 8), then on a worker thread
+        before = stats.inference_count
+        got = toy_client.post("/sample", json={"n": n, "seed": 11}).json()["samples"]
+        np.testing.assert_allclose(got, mv.model.sample(n, seed=11), rtol=1e-6)
+        assert stats.inference_count == before + n  # counted as the engine's graph call
+        again = toy_client.post("/sample", json={"n": n, "seed": 11}).json()["samples"]
+        assert again == got

@@ -14,9 +14,7 @@ from fastapi.testclient import TestClient
 
 import flowserve_client as fc
 from flowserve.service import explain
-from flowserve.service.app import create_app
-from flowserve.service.settings import ServiceSettings
-from tests.service_fixtures import AffineFlow, affine_flow, build_affine_artifact
+from tests.service_fixtures import AffineFlow, affine_flow, build_affine_artifact, service_client
 
 
 def _interacting(rows: np.ndarray) -> np.ndarray:
@@ -76,7 +74,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AffineFlow, Af
 
 @pytest.fixture(scope="module")
 def client(repo) -> Iterator[TestClient]:
-    with TestClient(create_app(ServiceSettings(model_root=repo[0], default_model="toy"))) as c:
+    with service_client(repo[0], default_model="toy") as c:
         yield c
 
 

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from flowserve.service.app import create_app
-from flowserve.service.settings import ServiceSettings
 from tests.service_fixtures import (
     AffineFlow,
     affine_flow,
     build_affine_artifact,
     corrupt_artifact,
+    service_client,
 )
 
 KEY = "v2-secret"
@@ -28,8 +27,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient
     build_affine_artifact(root, "toy", 2, affine_flow(3, seed=3))
     broken, _ = build_affine_artifact(root, "broken", 1, affine_flow(2, seed=5))
     corrupt_artifact(broken)
-    settings = ServiceSettings(model_root=root, api_keys=[KEY], default_model="toy")
-    with TestClient(create_app(settings)) as client:
+    with service_client(root, api_keys=[KEY], default_model="toy") as client:
         yield client, flow
 
 

@@ -4,25 +4,22 @@ extension's framing and its errors, V2-shaped errors on every /v2 path, and the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from flowserve.service.app import create_app
-from flowserve.service.settings import ServiceSettings
-from tests.service_fixtures import AffineFlow, affine_flow, build_affine_artifact
+from tests.service_fixtures import AffineFlow, service_client
 
 HEADER = "Inference-Header-Content-Length"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, AffineFlow]]:
-    root = tmp_path_factory.mktemp("models")
-    _, flow = build_affine_artifact(root, "toy", 1, affine_flow(3, seed=2))
-    with TestClient(create_app(ServiceSettings(model_root=root))) as client:
-        yield client, flow
+def setup(
+    toy_client: TestClient, toy_repo: tuple[Path, AffineFlow]
+) -> tuple[TestClient, AffineFlow]:
+    return toy_client, toy_repo[1]
 
 
 def _tensor(datatype: str, data: list, shape: list[int] | None = None) -> dict:
@@ -171,10 +168,8 @@ def test_openapi_documents_the_v2_bodies(setup: tuple[TestClient, AffineFlow]) -
     assert not any("{path}" in p for p in spec["paths"])
 
 
-def test_json_bodies_are_bounded_before_parsing(tmp_path_factory: pytest.TempPathFactory) -> None:
-    root = tmp_path_factory.mktemp("small")
-    build_affine_artifact(root, "toy", 1, affine_flow(3, seed=2))
-    with TestClient(create_app(ServiceSettings(model_root=root, max_rows=10))) as client:
+def test_json_bodies_are_bounded_before_parsing(toy_repo: tuple[Path, AffineFlow]) -> None:
+    with service_client(toy_repo[0], max_rows=10) as client:
         big = _tensor("FP32", [0.0] * 3000, shape=[1000, 3])
         r = client.post("/v2/models/toy/infer", json=big)
         assert r.status_code == 413 and isinstance(r.json()["error"], str)

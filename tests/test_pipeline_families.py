@@ -20,10 +20,9 @@ from flowserve.models import families
 from flowserve.models.data import prepare_data
 from flowserve.models.preprocess import FAMILY_DATA_KINDS, data_kind_of
 from flowserve.models.training import train
-from flowserve.service.app import create_app
-from flowserve.service.settings import ServiceSettings
 from tests.flow_cases import VECTOR_FAMILIES
 from tests.helpers import two_moons
+from tests.service_fixtures import service_client
 
 # The families each pipeline suite trains, exports and serves.
 PIPELINE_SUITES = {
@@ -66,8 +65,7 @@ def served(
         torchscript=False,
     )
     assert result is not None
-    settings = ServiceSettings(model_root=tmp_path, default_model=family)
-    with TestClient(create_app(settings)) as client:
+    with service_client(tmp_path, default_model=family) as client:
         yield family, result.artifact_dir, client
 
 

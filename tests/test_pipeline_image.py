@@ -18,9 +18,8 @@ from flowserve.artifact import Manifest, load_manifest
 from flowserve.cli import main as cli_main
 from flowserve.models.data import prepare_data
 from flowserve.models.training import train
-from flowserve.service.app import create_app
 from flowserve.service.runtime import load_flow_model
-from flowserve.service.settings import ServiceSettings
+from tests.service_fixtures import service_client
 
 K = 17
 
@@ -78,7 +77,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(root: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(ServiceSettings(model_root=root, default_model="glow"))) as c:
+    with service_client(root, default_model="glow") as c:
         yield c
 
 

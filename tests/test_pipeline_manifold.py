@@ -22,9 +22,8 @@ from fastapi.testclient import TestClient
 from flowserve.artifact import load_manifest
 from flowserve.models.data import DataError
 from flowserve.models.training import train
-from flowserve.service.app import create_app
 from flowserve.service.runtime import FlowModel, load_flow_model
-from flowserve.service.settings import ServiceSettings
+from tests.service_fixtures import service_client
 
 TRAIN: dict[str, Any] = {
     "epochs": 15,
@@ -58,8 +57,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(root: Path) -> Iterator[TestClient]:
-    settings = ServiceSettings(model_root=root, default_model="sphere")
-    with TestClient(create_app(settings)) as c:
+    with service_client(root, default_model="sphere") as c:
         yield c
 
 

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from flowserve.service.app import create_app
-from flowserve.service.settings import ServiceSettings
+from tests.service_fixtures import service_client
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -59,7 +58,7 @@ EXAMPLES = _examples()
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(ServiceSettings())) as c:
+    with service_client() as c:
         yield c
 
 

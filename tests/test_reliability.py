@@ -27,14 +27,14 @@ from flowserve.service.app import create_app
 from flowserve.service.repository import ModelRepository, _fingerprint, scan_root
 from flowserve.service.settings import ServiceSettings
 from tests.live_server import live_server, live_server_process
-from tests.service_fixtures import affine_flow, build_affine_artifact
+from tests.service_fixtures import affine_flow, build_affine_artifact, service_client
 
 ADMIN = {"x-api-key": "admin-key"}
 X = np.array([[0.5, -0.5, 1.0], [1.5, 0.0, -2.0]])
 
 
 def _client(root: Path, **kw: object) -> TestClient:
-    return TestClient(create_app(ServiceSettings(model_root=root, admin_keys="admin-key", **kw)))
+    return service_client(root, admin_keys="admin-key", **kw)
 
 
 def _log_prob(c: TestClient, path: str = "/log_prob") -> dict:

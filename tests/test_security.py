@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from fastapi.testclient import TestClient
 from onnx import external_data_helper, numpy_helper
 from pydantic import ValidationError
 
@@ -25,10 +24,9 @@ from flowserve.artifact import (
 )
 from flowserve.onnx_refs import external_data_locations
 from flowserve.service import cli as serve_cli
-from flowserve.service.app import create_app
 from flowserve.service.repository import ModelRepository
 from flowserve.service.settings import ServiceSettings
-from tests.service_fixtures import affine_flow, build_affine_artifact
+from tests.service_fixtures import affine_flow, build_affine_artifact, service_client
 
 ROW = [[0.5, -0.5, 1.0]]
 
@@ -161,7 +159,7 @@ def test_external_data_must_be_checksummed(tmp_path: Path) -> None:
     # listed, so checksummed: it loads and serves the same answers
     files["weights.bin"] = sha256_file(directory / "weights.bin")
     _rewrite_manifest(directory, files=files)
-    with TestClient(create_app(ServiceSettings(model_root=tmp_path))) as c:
+    with service_client(tmp_path) as c:
         r = c.post("/models/toy/log_prob", json={"inputs": ROW})
         assert r.status_code == 200, r.text
         np.testing.assert_allclose(r.json()["log_prob"], flow.log_prob(np.array(ROW)), atol=1e-4)
@@ -182,7 +180,7 @@ def test_external_data_traversal_is_refused(tmp_path: Path, location: str) -> No
     _rewrite_manifest(directory, files=files)
     with pytest.raises(ArtifactError, match=r"external data of forward\.onnx"):
         verify_artifact(directory)
-    with TestClient(create_app(ServiceSettings(model_root=root))) as c:
+    with service_client(root) as c:
         r = c.post("/models/toy/versions/1/log_prob", json={"inputs": ROW})
         assert r.status_code == 503 and "external data" in r.json()["error"]["message"]
 
@@ -245,15 +243,14 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_admin_is_off_without_an_admin_key(root: Path) -> None:
-    with TestClient(create_app(ServiceSettings(model_root=root, api_keys="model-key"))) as c:
+    with service_client(root, api_keys="model-key") as c:
         r = c.post("/admin/reload", headers={"x-api-key": "model-key"})
         assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
         assert "FLOWSERVE_ADMIN_KEYS" in r.json()["error"]["message"]
 
 
 def test_admin_needs_the_admin_key_not_a_model_key(root: Path) -> None:
-    settings = ServiceSettings(model_root=root, api_keys="model-key", admin_keys="admin-key")
-    with TestClient(create_app(settings)) as c:
+    with service_client(root, api_keys="model-key", admin_keys="admin-key") as c:
         assert c.post("/admin/reload").status_code == 401
         assert c.post("/admin/reload", headers={"x-api-key": "model-key"}).status_code == 401
         ok = c.post("/admin/reload", headers={"authorization": "Bearer admin-key"})
@@ -281,7 +278,7 @@ def test_admin_needs_the_admin_key_not_a_model_key(root: Path) -> None:
     ],
 )
 def test_options_are_strictly_typed(root: Path, path: str, body: dict, code: str, field: str):
-    with TestClient(create_app(ServiceSettings(model_root=root))) as c:
+    with service_client(root) as c:
         r = c.post(path, json=body)
         assert r.status_code == 422, r.text
         err = r.json()["error"]
@@ -289,7 +286,7 @@ def test_options_are_strictly_typed(root: Path, path: str, body: dict, code: str
 
 
 def test_integral_numbers_are_integers_and_query_fpr_still_works(root: Path) -> None:
-    with TestClient(create_app(ServiceSettings(model_root=root))) as c:
+    with service_client(root) as c:
         r = c.post("/sample", json={"n": 3.0, "seed": 7.0})
         assert r.status_code == 200 and len(r.json()["samples"]) == 3
         r = c.post("/score?fpr=0.2", json={"inputs": ROW})
@@ -298,7 +295,7 @@ def test_integral_numbers_are_integers_and_query_fpr_still_works(root: Path) -> 
 
 @pytest.mark.parametrize("version", ["+1", "01", " 1", "1.0", "１"])
 def test_versions_are_canonical_decimals(root: Path, version: str) -> None:
-    with TestClient(create_app(ServiceSettings(model_root=root))) as c:
+    with service_client(root) as c:
         r = c.post(f"/models/toy/versions/{version}/log_prob", json={"inputs": ROW})
         assert r.status_code == 404 and r.json()["error"]["code"] == "version_not_found"
         assert c.get(f"/models/toy/versions/{version}").status_code == 404

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from flowserve.service.app import create_app
-from flowserve.service.settings import ServiceSettings
 from tests.service_fixtures import (
     AffineFlow,
     affine_flow,
     build_affine_artifact,
     npy_bytes,
     npy_load,
+    service_client,
 )
 
 PREFIXES = ["", "/models/toy", "/models/toy/versions/1"]
@@ -32,8 +31,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AffineFlow]:
 
 
 def make_client(root: Path, **overrides: object) -> TestClient:
-    settings = ServiceSettings(model_root=root, default_model="toy", **overrides)
-    return TestClient(create_app(settings))
+    return service_client(root, default_model="toy", **overrides)
 
 
 @pytest.fixture(scope="module")

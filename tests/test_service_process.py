@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 
 from tests.live_server import live_server
-from tests.service_fixtures import build_affine_artifact, build_torchscript_only_artifact
+from tests.service_fixtures import (
+    build_affine_artifact,
+    build_torchscript_only_artifact,
+    service_client,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,11 +70,8 @@ def test_serves_without_torch(tmp_path):
 def test_serves_a_real_exported_flow(tmp_path):
     torch = pytest.importorskip("torch")
     export = pytest.importorskip("flowserve.models.export")
-    from fastapi.testclient import TestClient
 
     from flowserve.models import build_flow
-    from flowserve.service.app import create_app
-    from flowserve.service.settings import ServiceSettings
 
     torch.manual_seed(0)
     flow = build_flow("realnvp", dim=3, layers=2, hidden=16).eval()
@@ -91,7 +92,7 @@ def test_serves_a_real_exported_flow(tmp_path):
     x = rows[:8]
     with torch.no_grad():
         expected = flow.log_prob(torch.from_numpy(x)).numpy()
-    with TestClient(create_app(ServiceSettings(model_root=tmp_path))) as c:
+    with service_client(tmp_path) as c:
         r = c.post("/log_prob", json={"inputs": x.tolist()}).json()
         np.testing.assert_allclose(r["log_prob"], expected, atol=1e-3)
         z = c.post("/encode", json={"inputs": x.tolist()}).json()["z"]

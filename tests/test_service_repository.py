@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from flowserve.service.app import create_app
 from flowserve.service.repository import ModelRepository
-from flowserve.service.settings import ServiceSettings
 from tests.service_fixtures import (
     affine_flow,
     build_affine_artifact,
     build_torchscript_only_artifact,
     corrupt_artifact,
+    service_client,
 )
 
 ROW = {"inputs": [[0.5, -0.5, 1.0]]}
@@ -26,7 +25,7 @@ ADMIN = {"x-api-key": "admin-secret"}
 
 def client_for(root: Path, **kw: object) -> TestClient:
     kw.setdefault("admin_keys", [ADMIN["x-api-key"]])
-    return TestClient(create_app(ServiceSettings(model_root=root, **kw)))
+    return service_client(root, **kw)
 
 
 def test_corrupted_artifact_refused_while_others_serve(tmp_path, caplog):

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from flowserve.service.app import create_app
 from flowserve.service.runtime import TorchScriptFlowModel
-from flowserve.service.settings import DEFAULT_MODEL_ROOT, ServiceSettings
-from tests.service_fixtures import npy_bytes, npy_load
+from flowserve.service.settings import DEFAULT_MODEL_ROOT
+from tests.service_fixtures import npy_bytes, npy_load, service_client
 
 pytest.importorskip("torch")
 
@@ -27,8 +26,7 @@ NPY = "application/x-npy"
 
 
 def _client(runtime: str) -> Iterator[TestClient]:
-    settings = ServiceSettings(model_root=DEFAULT_MODEL_ROOT, runtime=runtime)
-    with TestClient(create_app(settings)) as client:
+    with service_client(DEFAULT_MODEL_ROOT, runtime=runtime) as client:
         yield client
 
 
