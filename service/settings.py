@@ -82,14 +82,14 @@ class ServiceSettings(BaseSettings):
         default_factory=list,
         description="model-endpoint keys, comma-separated; unset means no authentication",
     )
+    admin_keys: Annotated[list[str], NoDecode, Flag(on_argv=False)] = Field(
+        default_factory=list,
+        description="keys for /admin/*, comma-separated; unset means admin endpoints are off",
+    )
     api_key_file: Annotated[Path | None, Flag(metavar="FILE")] = Field(
         None,
         description="file of model keys (one per line): model endpoints need one of them in "
         "X-API-Key",
-    )
-    admin_keys: Annotated[list[str], NoDecode, Flag(on_argv=False)] = Field(
-        default_factory=list,
-        description="keys for /admin/*, comma-separated; unset means admin endpoints are off",
     )
     admin_key_file: Annotated[Path | None, Flag(metavar="FILE")] = Field(
         None, description="file of admin keys (one per line) for /admin/*"
