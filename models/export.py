@@ -32,6 +32,7 @@ import logging
 import math
 import warnings
 from contextlib import redirect_stderr, redirect_stdout, suppress
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,12 @@ import torch
 from torch import Tensor, nn
 
 from flowserve.artifact import (
-    FORWARD_GRAPH,
-    INVERSE_GRAPH,
     MANIFEST_FILE,
     TORCHSCRIPT_FILE,
     ArtifactError,
     BaseSpec,
     Calibration,
+    DataKind,
     Manifest,
     Metrics,
     Parity,
@@ -57,11 +57,19 @@ from flowserve.artifact import (
     verify_artifact,
     write_manifest,
 )
+from flowserve.graphs import FORWARD, INVERSE, GraphIO, onnx_session, run_batched
 from flowserve.models import export_gate as gate
 from flowserve.models.base import Flow, Standardize
 from flowserve.models.chain_rule import export_chain_rule, manifest_fields
 from flowserve.models.optimize import optimize_graph
-from flowserve.service.runtime import onnx_session
+from flowserve.parity import (
+    LOG_PROB_ATOL,
+    LOG_PROB_RTOL,
+    ROUNDTRIP_TOL,
+    LogProbParity,
+    feature_scale,
+    log_prob_parity,
+)
 
 __all__ = [
     "LOG_PROB_ATOL",
@@ -81,15 +89,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OPSET = 18
-# log_prob parity, ONNX Runtime vs torch (both float32): |diff| <= ATOL + RTOL * |log_prob|.
-# float32 sums of D log-terms carry ~1e-7 * D * |term| rounding, and graph rewrites (fused ops,
-# reordered sums) change the rounding, so a few 1e-4 nats is noise; 1e-3 nats is far below any
-# difference that matters for scoring (thresholds differ between rows by whole nats).
-LOG_PROB_ATOL = 1e-3
-LOG_PROB_RTOL = 1e-5
-# Round trip x -> z -> x through both ONNX graphs, per feature in units of the feature's scale
-# (the Standardize scale; raw units without one): |x - x'| / scale <= ROUNDTRIP_TOL.
-ROUNDTRIP_TOL = 1e-3
+# The parity tolerances (LOG_PROB_ATOL, LOG_PROB_RTOL, ROUNDTRIP_TOL) and their formula are
+# flowserve.parity's, shared with `flowserve verify`; they stay importable from here.
 # Rows of the holdout used for the parity and round-trip checks (calibration uses every row).
 PARITY_ROWS = 1024
 _BATCH = 4096
@@ -187,12 +188,12 @@ def _export_dynamo(
     program.save(str(path), external_data=False)
 
 
-def _check_batch_axis(path: Path, inp: str, example: Tensor) -> None:
+def _check_batch_axis(path: Path, graph: GraphIO, example: Tensor) -> None:
     """The graph must run at batch sizes other than the traced one (dynamic batch axis)."""
     sess = onnx_session(path)
     for n in (1, 37):
         rows = example[:1].repeat(n, 1).numpy()
-        for out in sess.run(None, {inp: rows}):
+        for out in sess.run(None, {graph.input: rows}):
             if out.shape[0] != n:
                 raise ExportError(
                     f"{path.name}: the batch axis is not dynamic (output {list(out.shape)} "
@@ -207,6 +208,7 @@ def export_onnx(module: nn.Module, example: Tensor, path: Path, inp: str, outs: 
     computes, which suits fixed-iteration numerical inverses and sequential autoregressive
     inverses); the dynamo exporter is the fallback.
     """
+    graph = GraphIO(path.name, inp, tuple(outs))
     errors: list[str] = []
     for name, fn in (("torchscript", _export_legacy), ("dynamo", _export_dynamo)):
         try:
@@ -214,7 +216,7 @@ def export_onnx(module: nn.Module, example: Tensor, path: Path, inp: str, outs: 
                 warnings.simplefilter("ignore")
                 with redirect_stderr(io.StringIO()):
                     fn(module, example, path, inp, outs)
-            _check_batch_axis(path, inp, example)
+            _check_batch_axis(path, graph, example)
             return name
         except Exception as e:
             errors.append(f"{name} exporter: {type(e).__name__}: {_first_line(e)}")
@@ -227,44 +229,19 @@ def _first_line(e: BaseException) -> str:
     return text[0][:300] if text else ""
 
 
-def _run_batched(fn: Any, rows: np.ndarray, batch: int = _BATCH) -> list[np.ndarray]:
-    parts: list[list[np.ndarray]] = []
-    for start in range(0, rows.shape[0], batch):
-        parts.append(list(fn(rows[start : start + batch])))
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+def _onnx_forward(sess: Any, rows: np.ndarray, batch: int = _PARITY_BATCH) -> list[np.ndarray]:
+    """``[z, log_prob]`` of ``rows`` from the forward graph's session."""
+    return run_batched(lambda b: sess.run(list(FORWARD.outputs), {FORWARD.input: b}), rows, batch)
 
 
-def _gate_parity(
-    fwd: nn.Module, fsess: Any, rows: np.ndarray, what: str, atol: float, rtol: float
-) -> float:
-    """Max |log_prob| difference, ONNX Runtime vs torch, on one gate set; raises
-    :class:`ExportError` past the tolerance (a non-finite value must be the same on both)."""
-    with torch.no_grad():
-        ref = fwd(torch.from_numpy(rows))[1].numpy().astype(np.float64)
-    (got,) = _run_batched(lambda b: fsess.run(["log_prob"], {"x": b}), rows, _PARITY_BATCH)
-    got = got.astype(np.float64)
-    both = np.isfinite(ref) & np.isfinite(got)
-    same = ~np.isfinite(ref) & (ref == got)
-    diff = np.where(both, np.abs(got - ref), np.where(same, 0.0, np.inf))
-    allowed = atol + rtol * np.abs(np.where(both, ref, 0.0))
-    if not np.all(diff <= allowed):
-        worst = int(np.argmax(diff - allowed))
-        raise ExportError(
-            f"ONNX Runtime log_prob disagrees with torch on {what} rows (row {worst}: onnx "
-            f"{got[worst]:.6g}, torch {ref[worst]:.6g}); the tolerance is {atol:g} + "
-            f"{rtol:g}*|log_prob|"
-        )
-    return float(np.max(diff, initial=0.0))
+def _onnx_log_prob(sess: Any, rows: np.ndarray, batch: int = _PARITY_BATCH) -> np.ndarray:
+    (lp,) = run_batched(lambda b: sess.run(["log_prob"], {FORWARD.input: b}), rows, batch)
+    return lp
 
 
-def _feature_scale(flow: Flow, dim: int) -> np.ndarray:
-    if isinstance(flow.preprocess, Standardize):
-        scale = flow.preprocess.scale.detach().cpu().double().numpy().reshape(-1)
-        if scale.size == dim:
-            return np.abs(scale)
-        if scale.size == 1:
-            return np.full(dim, abs(float(scale[0])))
-    return np.ones(dim)
+def _onnx_inverse(sess: Any, z: np.ndarray, batch: int = _PARITY_BATCH) -> np.ndarray:
+    (x,) = run_batched(lambda b: sess.run(list(INVERSE.outputs), {INVERSE.input: b}), z, batch)
+    return x
 
 
 def _base_spec(flow: Flow) -> BaseSpec:
@@ -278,14 +255,18 @@ def _base_spec(flow: Flow) -> BaseSpec:
     return BaseSpec(kind="normal")
 
 
-def _preprocessing(flow: Flow, given: Preprocessing | None) -> Preprocessing:
+def _applied_preprocessing(flow: Flow) -> Preprocessing:
+    """The standardization the graphs apply (the flow's :class:`Standardize`, if any)."""
+    if not isinstance(flow.preprocess, Standardize):
+        return Preprocessing()
+    return Preprocessing(
+        standardize_mean=flow.preprocess.mean.detach().cpu().double().reshape(-1).tolist(),
+        standardize_scale=flow.preprocess.scale.detach().cpu().double().reshape(-1).tolist(),
+    )
+
+
+def _preprocessing(applied: Preprocessing, given: Preprocessing | None) -> Preprocessing:
     """The manifest's preprocessing: ``given``, checked against what the graphs really apply."""
-    applied = Preprocessing()
-    if isinstance(flow.preprocess, Standardize):
-        applied = Preprocessing(
-            standardize_mean=flow.preprocess.mean.detach().cpu().double().reshape(-1).tolist(),
-            standardize_scale=flow.preprocess.scale.detach().cpu().double().reshape(-1).tolist(),
-        )
     if given is None:
         return applied
     for field in ("standardize_mean", "standardize_scale"):
@@ -321,6 +302,184 @@ def _holdout(holdout: np.ndarray, dim: int) -> np.ndarray:
     return rows
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What the export steps share: the flow's copy, its graph modules and the rows to check."""
+
+    out_dir: Path
+    model: Flow
+    row_shape: tuple[int, ...]
+    base: BaseSpec
+    preprocessing: Preprocessing  # for the manifest (checked against the flow's)
+    scale: np.ndarray  # per-feature scale of round-trip errors
+    kind: DataKind
+    rows: np.ndarray  # every finite holdout row (calibration)
+    check: np.ndarray  # the first PARITY_ROWS of them (parity and round trip)
+    fwd: ForwardGraph
+    inv: InverseGraph
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.row_shape)
+
+    @property
+    def family(self) -> str:
+        return str(self.model.family)
+
+
+def _prepare(
+    flow: Flow,
+    out_dir: Path,
+    feature_names: list[str],
+    holdout: np.ndarray,
+    preprocessing: Preprocessing | None,
+) -> _Job:
+    """Copy the flow (float32, CPU, eval), check the arguments against it, pick the rows."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A stale manifest would make a half-written directory look valid.
+    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    model = copy.deepcopy(flow).to(device="cpu", dtype=torch.float32).eval()
+    row_shape = data_shape(model)
+    dim = math.prod(row_shape)
+    if dim != math.prod(model.event_shape):
+        raise ExportError(
+            f"data rows of shape {list(row_shape)} and latents of shape "
+            f"{list(model.event_shape)} differ in size: the graphs need flat z of width {dim}"
+        )
+    if len(feature_names) != dim:
+        raise ValueError(f"{len(feature_names)} feature_names for a flow of dim {dim}")
+    rows = _holdout(holdout, dim)
+    applied = _applied_preprocessing(model)
+    return _Job(
+        out_dir=out_dir,
+        model=model,
+        row_shape=row_shape,
+        base=_base_spec(model),
+        preprocessing=_preprocessing(applied, preprocessing),
+        scale=feature_scale(applied.standardize_scale, dim),
+        kind=preprocessing.data_kind if preprocessing is not None else "real",
+        rows=rows,
+        check=rows[:PARITY_ROWS],
+        fwd=ForwardGraph(model, row_shape).eval(),
+        inv=InverseGraph(model).eval(),
+    )
+
+
+@torch.no_grad()
+def _export_graphs(job: _Job, x_example: Tensor, z_example: Tensor) -> dict[str, str]:
+    """Write both ONNX graphs; returns the exporter used for each."""
+    exporters = {
+        "forward": export_onnx(
+            job.fwd, x_example, job.out_dir / FORWARD.file, FORWARD.input, list(FORWARD.outputs)
+        ),
+        "inverse": export_onnx(
+            job.inv, z_example, job.out_dir / INVERSE.file, INVERSE.input, list(INVERSE.outputs)
+        ),
+    }
+    log.info("exported ONNX graphs (%s)", exporters)
+    return exporters
+
+
+def _optimise_graphs(job: _Job, z_example: Tensor) -> dict[str, dict[str, int]]:
+    """Fold and prune both graphs in place; returns their node counts."""
+    graph_nodes = {
+        "forward": optimize_graph(job.out_dir / FORWARD.file, job.check[:_PARITY_BATCH]),
+        "inverse": optimize_graph(job.out_dir / INVERSE.file, z_example.numpy()),
+    }
+    log.info("optimised ONNX graphs: %s", graph_nodes)
+    return graph_nodes
+
+
+@torch.no_grad()
+def _torch_reference(job: _Job) -> tuple[Tensor, np.ndarray]:
+    """torch eager (float32) on the parity rows: ``z`` and ``log_prob`` (float64), finite."""
+    z_ref, lp_ref_t = job.fwd(torch.from_numpy(job.check))
+    lp_ref = lp_ref_t.numpy().astype(np.float64)
+    bad = int(np.sum(~np.isfinite(lp_ref)))
+    if bad:
+        raise ExportError(
+            f"torch log_prob itself is not finite on {bad} of {len(lp_ref)} holdout rows: "
+            "the flow is broken (NaN/inf) before any export"
+        )
+    return z_ref, lp_ref
+
+
+def _onnx_parity(
+    got: np.ndarray, ref: np.ndarray, what: str, atol: float, rtol: float
+) -> LogProbParity:
+    """ONNX Runtime's log_prob ``got`` against torch's ``ref`` on one set of rows; raises
+    :class:`ExportError` past the tolerance (a non-finite value must be the same on both)."""
+    parity = log_prob_parity(got, ref, atol, rtol)
+    if not parity.passed:
+        w = parity.worst
+        raise ExportError(
+            f"ONNX Runtime log_prob disagrees with torch on {what} rows: max |diff| "
+            f"{parity.max_abs_diff:.3g} nats (row {w}: onnx {got[w]:.6g}, torch {ref[w]:.6g}) "
+            f"exceeds the tolerance {parity.rule}"
+        )
+    return parity
+
+
+@torch.no_grad()
+def _gate_parity(job: _Job, fsess: Any, rows: np.ndarray, what: str, atol: float) -> float:
+    """Max |log_prob| difference, ONNX Runtime vs torch, on one gate set (:func:`_onnx_parity`);
+    out-of-distribution rows get the gate's relative tolerance."""
+    rtol = gate.OOD_RTOL if what == "ood" else LOG_PROB_RTOL
+    ref = job.fwd(torch.from_numpy(rows))[1].numpy()
+    return _onnx_parity(_onnx_log_prob(fsess, rows), ref, what, atol, rtol).max_abs_diff
+
+
+def _solver_check(job: _Job, lp_onnx: np.ndarray) -> float | None:
+    """ODE flows: the served solver's log_prob error against a finer solve, bounded."""
+    rows = gate.GATE_ROWS
+    solver = gate.solver_error(job.model, job.check[:rows], lp_onnx[:rows])
+    if solver is not None and not solver <= gate.SOLVER_TOL:
+        raise ExportError(
+            f"the ODE solver's error in log_prob is {solver:.3g} nats against a finer solve, "
+            f"above {gate.SOLVER_TOL:g}: train or export with more steps (--param steps=...)"
+        )
+    return solver
+
+
+def _onnx_roundtrip(job: _Job, isess: Any, z_onnx: np.ndarray) -> float:
+    """x -> z -> x through both ONNX graphs, max |x - x'| / scale; bounded."""
+    x_back = _onnx_inverse(isess, z_onnx.astype(np.float32))
+    rt_max = roundtrip_error(job.check, x_back, job.scale, job.base)
+    if not rt_max <= ROUNDTRIP_TOL:
+        raise ExportError(
+            f"ONNX round trip x -> z -> x is not exact enough: max |x - x'|/scale {rt_max:.3g} "
+            f"exceeds the tolerance {ROUNDTRIP_TOL:g}"
+        )
+    return rt_max
+
+
+def _check_onnx(job: _Job, fsess: Any, isess: Any, lp_ref: np.ndarray) -> tuple[Parity, np.ndarray]:
+    """Every ONNX Runtime check; returns the parity record (without TorchScript) and the
+    forward graph's log_prob on the parity rows."""
+    z_onnx, lp_onnx = _onnx_forward(fsess, job.check)
+    atol = gate.log_prob_atol(job.family, LOG_PROB_ATOL)
+    heldout = _onnx_parity(lp_onnx, lp_ref, "heldout", atol, LOG_PROB_RTOL)
+    # The gate also checks fresh and out-of-distribution rows (models/export_gate.py).
+    by_set, counts = {"heldout": heldout.max_abs_diff}, {"heldout": int(job.check.shape[0])}
+    for set_name, extra in gate.gate_rows(job.model, job.check, job.kind).items():
+        by_set[set_name] = _gate_parity(job, fsess, extra, set_name, atol)
+        counts[set_name] = int(extra.shape[0])
+    solver = _solver_check(job, lp_onnx)
+    rt_max = _onnx_roundtrip(job, isess, z_onnx)
+    parity = Parity(
+        rows=int(job.check.shape[0]),
+        max_abs_log_prob_diff=heldout.max_abs_diff,
+        log_prob_tolerance=heldout.tolerance,
+        roundtrip_max_abs_error=rt_max,
+        roundtrip_tolerance=ROUNDTRIP_TOL,
+        checked_rows=counts,
+        max_abs_log_prob_diff_by_set=by_set,
+        solver_error=solver,
+        solver_tolerance=gate.SOLVER_TOL if solver is not None else None,
+    )
+    return parity, lp_onnx
+
+
 def _export_torchscript(module: TwoWayModule, x: Tensor, z: Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -330,14 +489,13 @@ def _export_torchscript(module: TwoWayModule, x: Tensor, z: Tensor, path: Path) 
     traced.save(str(path))
 
 
-def _torchscript_parity(
-    path: Path, x: Tensor, z: Tensor, lp_ref: np.ndarray, scale: np.ndarray, base: BaseSpec
-) -> float:
+def _torchscript_parity(job: _Job, path: Path, z: Tensor, lp_ref: np.ndarray) -> float:
     """Max |log_prob| difference, TorchScript vs torch; raises :class:`ExportError` on failure.
 
     Runs two batches (37 rows, then the rest): neither is the traced batch size.
     """
     loaded = torch.jit.load(str(path))
+    x = torch.from_numpy(job.check)
     lps, xs = [], []
     # The executor's profiling/fusion passes cost seconds on large unrolled graphs (RK4, Newton)
     # and check nothing about the traced program itself.
@@ -346,20 +504,83 @@ def _torchscript_parity(
             if x[part].shape[0]:
                 lps.append(loaded(x[part])[1].numpy())
                 xs.append(loaded.inverse(z[part]).numpy())
-    lp = np.concatenate(lps).astype(np.float64)
-    diff = np.abs(lp - lp_ref)
-    if not np.all(diff <= LOG_PROB_ATOL + LOG_PROB_RTOL * np.abs(lp_ref)):
+    parity = log_prob_parity(np.concatenate(lps), lp_ref)
+    if not parity.passed:
         raise ExportError(
-            f"TorchScript log_prob disagrees with torch: max |diff| {np.nanmax(diff):.3g} nats "
-            f"exceeds the tolerance {LOG_PROB_ATOL:g} + {LOG_PROB_RTOL:g}*|log_prob|"
+            f"TorchScript log_prob disagrees with torch: max |diff| {parity.max_abs_diff:.3g} "
+            f"nats exceeds the tolerance {parity.rule}"
         )
-    rt = roundtrip_error(x.numpy(), np.concatenate(xs), scale, base)
+    rt = roundtrip_error(job.check, np.concatenate(xs), job.scale, job.base)
     if not rt <= ROUNDTRIP_TOL:
         raise ExportError(
             f"TorchScript round trip x -> z -> x: max |x - x'|/scale {rt:.3g} "
             f"exceeds the tolerance {ROUNDTRIP_TOL:g}"
         )
-    return float(np.max(diff))
+    return parity.max_abs_diff
+
+
+def _checked_torchscript(
+    job: _Job, x_example: Tensor, z_example: Tensor, z_ref: Tensor, lp_ref: np.ndarray
+) -> float | None:
+    """Write ``model.pt`` and check it against torch; ``None`` when the flow does not trace
+    (TorchScript is optional: the ONNX graphs are the contract)."""
+    path = job.out_dir / TORCHSCRIPT_FILE
+    try:
+        _export_torchscript(
+            TwoWayModule(job.model, job.row_shape).eval(), x_example, z_example, path
+        )
+    except Exception as e:
+        path.unlink(missing_ok=True)
+        log.warning(
+            "no TorchScript for family %s: %s: %s", job.family, type(e).__name__, _first_line(e)
+        )
+        return None
+    return _torchscript_parity(job, path, z_ref, lp_ref)
+
+
+def _calibrate(
+    job: _Job,
+    fsess: Any,
+    calibration_log_probs: np.ndarray | None,
+    default_fpr: float,
+    method: str,
+) -> Calibration:
+    """Calibrate on what the service computes: ONNX Runtime log-likelihoods of every holdout
+    row, unless the caller computed calibration scores on rows the model never trained on."""
+    if calibration_log_probs is None:
+        cal_lp = _onnx_log_prob(fsess, job.rows, _BATCH)
+    else:
+        cal_lp = np.asarray(calibration_log_probs, dtype=np.float64).reshape(-1)
+    try:
+        return Calibration.from_log_probs(cal_lp, default_fpr, method)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ExportError(f"cannot calibrate ({method}): {e}") from e
+
+
+def _hash_files(out_dir: Path) -> dict[str, str]:
+    """sha256 of every file in ``out_dir`` but the manifest, by relative path."""
+    return {
+        p.relative_to(out_dir).as_posix(): sha256_file(p)
+        for p in sorted(out_dir.rglob("*"))
+        if p.is_file() and p.relative_to(out_dir).as_posix() != MANIFEST_FILE
+    }
+
+
+def _input_shape(job: _Job) -> list[int]:
+    # Image rows travel flat, but their shape is what /models shows and .npy bodies may use.
+    if job.kind == "image":
+        return [int(s) for s in job.model.hparams.get("shape", job.row_shape)]
+    return list(job.row_shape)
+
+
+def _write_verified(out_dir: Path, manifest: Manifest) -> Manifest:
+    """Write ``manifest.json`` last and re-read it checksum-verified; none is left on failure."""
+    write_manifest(out_dir, manifest)
+    try:
+        return verify_artifact(out_dir)
+    except ArtifactError as e:
+        (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+        raise ExportError(f"the written artifact does not verify: {e}") from e
 
 
 def export_artifact(
@@ -404,174 +625,42 @@ def export_artifact(
     for bad arguments. No ``manifest.json`` exists in ``out_dir`` after a failure.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # A stale manifest would make a half-written directory look valid.
-    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
-
-    model = copy.deepcopy(flow).to(device="cpu", dtype=torch.float32).eval()
-    row_shape = data_shape(model)
-    dim = math.prod(row_shape)
-    if dim != math.prod(model.event_shape):
-        raise ExportError(
-            f"data rows of shape {list(row_shape)} and latents of shape "
-            f"{list(model.event_shape)} differ in size: the graphs need flat z of width {dim}"
-        )
-    if len(feature_names) != dim:
-        raise ValueError(f"{len(feature_names)} feature_names for a flow of dim {dim}")
-    rows = _holdout(holdout, dim)
-    check = rows[:PARITY_ROWS]
-    base = _base_spec(model)
-
-    fwd, inv = ForwardGraph(model, row_shape).eval(), InverseGraph(model).eval()
-    x_example = torch.from_numpy(check[: min(8, len(check))].copy())
+    job = _prepare(flow, out_dir, feature_names, holdout, preprocessing)
+    x_example = torch.from_numpy(job.check[: min(8, len(job.check))].copy())
     with torch.no_grad():
-        z_example, _ = fwd(x_example)
-        z_example = z_example.detach().clone()
-        exporters = {
-            "forward": export_onnx(fwd, x_example, out_dir / FORWARD_GRAPH, "x", ["z", "log_prob"]),
-            "inverse": export_onnx(inv, z_example, out_dir / INVERSE_GRAPH, "z", ["x"]),
-        }
-    log.info("exported ONNX graphs (%s)", exporters)
-    graph_nodes: dict[str, dict[str, int]] = {}
-    if optimize:
-        graph_nodes = {
-            "forward": optimize_graph(out_dir / FORWARD_GRAPH, check[:_PARITY_BATCH]),
-            "inverse": optimize_graph(out_dir / INVERSE_GRAPH, z_example.numpy()),
-        }
-        log.info("optimised ONNX graphs: %s", graph_nodes)
+        z_example = job.fwd(x_example)[0].detach().clone()
+    exporters = _export_graphs(job, x_example, z_example)
+    graph_nodes = _optimise_graphs(job, z_example) if optimize else {}
 
-    # Reference: torch eager, float32, on the parity rows.
-    x_check = torch.from_numpy(check)
-    with torch.no_grad():
-        z_ref_t, lp_ref_t = fwd(x_check)
-    lp_ref = lp_ref_t.numpy().astype(np.float64)
-    bad = int(np.sum(~np.isfinite(lp_ref)))
-    if bad:
-        raise ExportError(
-            f"torch log_prob itself is not finite on {bad} of {len(lp_ref)} holdout rows: "
-            "the flow is broken (NaN/inf) before any export"
-        )
-
-    fsess, isess = onnx_session(out_dir / FORWARD_GRAPH), onnx_session(out_dir / INVERSE_GRAPH)
-    z_onnx, lp_onnx = _run_batched(
-        lambda b: fsess.run(["z", "log_prob"], {"x": b}), check, _PARITY_BATCH
+    z_ref, lp_ref = _torch_reference(job)
+    fsess, isess = onnx_session(out_dir / FORWARD.file), onnx_session(out_dir / INVERSE.file)
+    parity, lp_onnx = _check_onnx(job, fsess, isess, lp_ref)
+    ts_diff = (
+        _checked_torchscript(job, x_example, z_example, z_ref, lp_ref) if torchscript else None
     )
-    lp_diff = np.abs(lp_onnx.astype(np.float64) - lp_ref)
-    atol = gate.log_prob_atol(str(model.family), LOG_PROB_ATOL)
-    allowed = atol + LOG_PROB_RTOL * np.abs(lp_ref)
-    lp_tol = float(atol + LOG_PROB_RTOL * np.max(np.abs(lp_ref)))
-    max_lp_diff = float(np.max(lp_diff)) if np.all(np.isfinite(lp_diff)) else float("inf")
-    if not np.all(lp_diff <= allowed):
-        worst = int(np.argmax(np.where(np.isfinite(lp_diff), lp_diff - allowed, np.inf)))
-        raise ExportError(
-            f"ONNX Runtime log_prob disagrees with torch: max |diff| {max_lp_diff:.3g} nats "
-            f"(row {worst}: onnx {lp_onnx[worst]:.6g}, torch {lp_ref[worst]:.6g}) exceeds the "
-            f"tolerance {atol:g} + {LOG_PROB_RTOL:g}*|log_prob|"
-        )
-    # The gate also checks fresh and out-of-distribution rows (models/export_gate.py).
-    kind = preprocessing.data_kind if preprocessing is not None else "real"
-    by_set, counts = {"heldout": max_lp_diff}, {"heldout": int(check.shape[0])}
-    for set_name, extra in gate.gate_rows(model, check, kind).items():
-        rtol = gate.OOD_RTOL if set_name == "ood" else LOG_PROB_RTOL
-        by_set[set_name] = _gate_parity(fwd, fsess, extra, set_name, atol, rtol)
-        counts[set_name] = int(extra.shape[0])
-    solver = gate.solver_error(model, check[: gate.GATE_ROWS], lp_onnx[: gate.GATE_ROWS])
-    if solver is not None and not solver <= gate.SOLVER_TOL:
-        raise ExportError(
-            f"the ODE solver's error in log_prob is {solver:.3g} nats against a finer solve, "
-            f"above {gate.SOLVER_TOL:g}: train or export with more steps (--param steps=...)"
-        )
-
-    (x_back,) = _run_batched(
-        lambda b: isess.run(["x"], {"z": b}), z_onnx.astype(np.float32), _PARITY_BATCH
-    )
-    scale = _feature_scale(model, dim)
-    rt_max = roundtrip_error(check, x_back, scale, base)
-    if not rt_max <= ROUNDTRIP_TOL:
-        raise ExportError(
-            f"ONNX round trip x -> z -> x is not exact enough: max |x - x'|/scale {rt_max:.3g} "
-            f"exceeds the tolerance {ROUNDTRIP_TOL:g}"
-        )
-
-    ts_diff: float | None = None
-    if torchscript:
-        ts_path = out_dir / TORCHSCRIPT_FILE
-        try:
-            _export_torchscript(
-                TwoWayModule(model, row_shape).eval(), x_example, z_example, ts_path
-            )
-        except Exception as e:  # TorchScript is optional; the ONNX graphs are the contract
-            ts_path.unlink(missing_ok=True)
-            log.warning(
-                "no TorchScript for family %s: %s: %s",
-                model.family,
-                type(e).__name__,
-                _first_line(e),
-            )
-        else:
-            ts_diff = _torchscript_parity(ts_path, x_check, z_ref_t, lp_ref, scale, base)
-
-    # Calibrate on what the service computes: ONNX Runtime log-likelihoods of every holdout row,
-    # unless the caller computed calibration scores on rows the model never trained on.
-    if calibration_log_probs is None:
-        (cal_lp,) = _run_batched(lambda b: fsess.run(["log_prob"], {"x": b}), rows)
-    else:
-        cal_lp = np.asarray(calibration_log_probs, dtype=np.float64).reshape(-1)
-    try:
-        calibration = Calibration.from_log_probs(
-            cal_lp,
-            default_fpr,
-            calibration_method,  # type: ignore[arg-type]
-        )
-    except ValueError as e:
-        raise ExportError(f"cannot calibrate ({calibration_method}): {e}") from e
-
+    calibration = _calibrate(job, fsess, calibration_log_probs, default_fpr, calibration_method)
     # Flows that factorize exactly in one order also get per-feature chain-rule terms.
-    chain_order = export_chain_rule(model, out_dir, check, lp_onnx)
+    chain_order = export_chain_rule(job.model, out_dir, job.check, lp_onnx)
 
-    files = {
-        p.relative_to(out_dir).as_posix(): sha256_file(p)
-        for p in sorted(out_dir.rglob("*"))
-        if p.is_file() and p.relative_to(out_dir).as_posix() != MANIFEST_FILE
-    }
     manifest = Manifest(
         name=name,
         version=version,
-        family=str(model.family),
-        hyperparameters=dict(model.hparams),
-        dim=dim,
-        # Image rows travel flat, but their shape is what /models shows and .npy bodies may use.
-        input_shape=[int(s) for s in model.hparams.get("shape", row_shape)]
-        if kind == "image"
-        else list(row_shape),
+        family=job.family,
+        hyperparameters=dict(job.model.hparams),
+        dim=job.dim,
+        input_shape=_input_shape(job),
         feature_names=list(feature_names),
-        base=base,
-        preprocessing=_preprocessing(model, preprocessing),
+        base=job.base,
+        preprocessing=job.preprocessing,
         metrics=metrics or Metrics(),
         calibration=calibration,
-        parity=Parity(
-            rows=int(check.shape[0]),
-            max_abs_log_prob_diff=max_lp_diff,
-            log_prob_tolerance=lp_tol,
-            roundtrip_max_abs_error=rt_max,
-            roundtrip_tolerance=ROUNDTRIP_TOL,
-            torchscript_max_abs_log_prob_diff=ts_diff,
-            checked_rows=counts,
-            max_abs_log_prob_diff_by_set=by_set,
-            solver_error=solver,
-            solver_tolerance=gate.SOLVER_TOL if solver is not None else None,
-        ),
+        parity=parity.model_copy(update={"torchscript_max_abs_log_prob_diff": ts_diff}),
         torchscript=TORCHSCRIPT_FILE if ts_diff is not None else None,
         **manifest_fields(chain_order),
         opset=OPSET,
-        files=files,
+        files=_hash_files(out_dir),
         library_versions={**_library_versions(), "onnx_exporter": exporters["forward"]},
         graph_nodes=graph_nodes,
         training_config=dict(training_config or {}),
     )
-    write_manifest(out_dir, manifest)
-    try:
-        return verify_artifact(out_dir)
-    except ArtifactError as e:
-        (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
-        raise ExportError(f"the written artifact does not verify: {e}") from e
+    return _write_verified(out_dir, manifest)
