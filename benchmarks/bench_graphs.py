@@ -38,7 +38,7 @@ from flowserve.models.optimize import optimize_graph  # noqa: E402
 from tests.flow_cases import VECTOR_FAMILIES  # noqa: E402
 
 DIM = 4
-FAMILIES = {"ffjord": {"hidden": 8, "layers": 2, "steps": 4}, **VECTOR_FAMILIES}
+FAMILIES = {"ffjord": {"hidden": 8, "hidden_layers": 2, "steps": 4}, **VECTOR_FAMILIES}
 
 
 def _rows(n: int, seed: int) -> np.ndarray:

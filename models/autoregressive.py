@@ -1,27 +1,31 @@
-"""Autoregressive flows: MAF and IAF (affine), and the machinery the spline variant reuses.
+"""Autoregressive flows: one masked autoregressive stack, and MAF and IAF built on it.
 
 A :class:`MaskedAutoregressiveTransform` applies an element-wise bijection to each ``x_i`` whose
 parameters a :class:`~flowserve.models.made.MADE` predicts from ``x_<i``. Its ``forward`` is one
 MADE pass; its ``inverse`` is exactly ``dim`` passes (a fixed count, so it traces and exports).
-MAF uses it as is (density in one pass); IAF wraps it in
-:class:`~flowserve.models.base.Invert` (sampling in one pass).
+:func:`autoregressive_stack` chains such layers, parametrized by the element-wise bijection (as
+zuko builds NSF from MAF): MAF uses the affine map (density in one pass), IAF the same stack
+inverted (sampling in one pass), and ``nsf_ar`` (:mod:`flowserve.models.spline`) the spline.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from flowserve.models.base import Chain, Flow, Invert, StandardNormal, Transform, register_family
+from flowserve.models.elementwise import ElementwiseAffine, ElementwiseTransform
 from flowserve.models.made import MADE
+from flowserve.models.nets import layer_scale_bound
 
 __all__ = [
-    "LOG_SCALE_BUDGET",
     "ElementwiseAffine",
     "ElementwiseTransform",
     "MaskedAutoregressiveTransform",
-    "affine_bound",
     "alternating_order",
+    "autoregressive_stack",
     "build_iaf",
     "build_maf",
     "check_hparams",
@@ -33,52 +37,6 @@ def check_hparams(**values: int) -> None:
     bad = [f"{k}={v!r}" for k, v in values.items() if not isinstance(v, int) or v < 1]
     if bad:
         raise ValueError(f"hyper-parameters must be positive integers, got {', '.join(bad)}")
-
-
-class ElementwiseTransform(nn.Module):
-    """A family of scalar bijections ``y = f(x; params)`` applied element-wise.
-
-    ``forward(x, params)`` and ``inverse(y, params)`` take ``x`` of shape ``[...]`` and ``params``
-    of shape ``[..., num_params]`` and return the output and the element-wise ``log|dy/dx|`` (resp.
-    ``log|dx/dy|``). All-zero parameters must give the identity.
-    """
-
-    num_params: int
-
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover
-        raise NotImplementedError
-
-    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover
-        raise NotImplementedError
-
-
-class ElementwiseAffine(ElementwiseTransform):
-    """``y = x * exp(s) + t`` with the log-scale soft-clamped to ``(-bound, bound)``.
-
-    The clamp (``bound * tanh(s / bound)``) keeps every layer's scale within ``exp(±bound)``, so
-    stacked layers cannot compound to an overflow, and keeps gradients alive near the limits.
-
-    Arguments:
-        bound: The largest absolute log-scale.
-    """
-
-    num_params = 2
-
-    def __init__(self, bound: float = 3.0) -> None:
-        super().__init__()
-        self.bound = float(bound)
-
-    def _shift_log_scale(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, raw = params[..., 0], params[..., 1]
-        return shift, self.bound * torch.tanh(raw / self.bound)
-
-    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, log_scale = self._shift_log_scale(params)
-        return x * torch.exp(log_scale) + shift, log_scale
-
-    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        shift, log_scale = self._shift_log_scale(params)
-        return (y - shift) * torch.exp(-log_scale), -log_scale
 
 
 class MaskedAutoregressiveTransform(Transform):
@@ -145,16 +103,6 @@ class MaskedAutoregressiveTransform(Transform):
         return x, ld.sum(dim=-1)
 
 
-# The log-scales of a whole stack stay within ±LOG_SCALE_BUDGET (at most ±3 per layer): even
-# |x| = 1e4 then maps to |z| < 1e15, whose square is far from float32's overflow (3e38).
-LOG_SCALE_BUDGET = 24.0
-
-
-def affine_bound(layers: int) -> float:
-    """The per-layer log-scale bound of an affine stack of ``layers`` layers."""
-    return min(3.0, LOG_SCALE_BUDGET / layers)
-
-
 def alternating_order(dim: int, layer: int) -> Tensor:
     """The order of layer ``layer``: ``1..dim``, reversed on odd layers so that every feature
     is conditioned on every other one somewhere in the stack."""
@@ -162,13 +110,56 @@ def alternating_order(dim: int, layer: int) -> Tensor:
     return order.flip(0) if layer % 2 else order
 
 
+def autoregressive_stack(
+    dim: int,
+    univariate: Callable[[], ElementwiseTransform],
+    layers: int = 5,
+    hidden: int = 64,
+    hidden_layers: int = 2,
+    inverted: bool = False,
+) -> Flow:
+    """``layers`` masked autoregressive layers over a standard normal, the order reversed
+    between layers: the one stack of MAF, IAF and the autoregressive spline flow.
+
+    Arguments:
+        dim: The number of features.
+        univariate: Makes each layer's element-wise bijection (called once per layer).
+        layers: The number of autoregressive layers.
+        hidden: The width of each MADE's hidden layers.
+        hidden_layers: The number of hidden layers per MADE.
+        inverted: Whether every layer is inverted (IAF: sampling in one pass, density in ``dim``).
+
+    Example:
+        >>> flow = autoregressive_stack(2, ElementwiseAffine, layers=2, hidden=8)
+        >>> flow.log_prob(torch.zeros(3, 2)).shape
+        torch.Size([3])
+    """
+    check_hparams(dim=dim, layers=layers, hidden=hidden, hidden_layers=hidden_layers)
+    transforms: list[Transform] = []
+    for i in range(layers):
+        layer: Transform = MaskedAutoregressiveTransform(
+            dim, univariate(), hidden, hidden_layers, alternating_order(dim, i)
+        )
+        transforms.append(Invert(layer) if inverted else layer)
+    return Flow(Chain(transforms), StandardNormal((dim,)))
+
+
+def _affine(layers: int, scale_bound: float) -> Callable[[], ElementwiseTransform]:
+    # Every layer scales every feature, so the stack shares the scale budget over ``layers``.
+    bound = layer_scale_bound(scale_bound, layers)
+    return lambda: ElementwiseAffine(bound)
+
+
 @register_family("maf")
-def build_maf(dim: int, layers: int = 5, hidden: int = 64, hidden_layers: int = 2) -> Flow:
+def build_maf(
+    dim: int, layers: int = 5, hidden: int = 64, hidden_layers: int = 2, scale_bound: float = 3.0
+) -> Flow:
     """A masked autoregressive flow: density (data to latent) in one pass, sampling in ``dim``.
 
     Each layer is an affine :class:`MaskedAutoregressiveTransform` (soft-clamped log-scales,
     identity at initialization); the autoregressive order is reversed between layers. The
-    log-scale bound per layer is ``min(3, 24 / layers)`` so that the scales of the whole stack
+    log-scale bound per layer is lowered for deep stacks
+    (:func:`~flowserve.models.nets.layer_scale_bound`) so that the scales of the whole stack
     cannot compound past ``exp(±24)``.
 
     Arguments:
@@ -176,6 +167,7 @@ def build_maf(dim: int, layers: int = 5, hidden: int = 64, hidden_layers: int = 
         layers: The number of autoregressive layers.
         hidden: The width of each MADE's hidden layers.
         hidden_layers: The number of hidden layers per MADE.
+        scale_bound: The largest per-layer log-scale.
 
     References:
         | Masked Autoregressive Flow for Density Estimation (Papamakarios et al., 2017)
@@ -186,34 +178,22 @@ def build_maf(dim: int, layers: int = 5, hidden: int = 64, hidden_layers: int = 
         >>> flow.log_prob(torch.zeros(3, 2)).shape
         torch.Size([3])
     """
-    check_hparams(dim=dim, layers=layers, hidden=hidden, hidden_layers=hidden_layers)
-    transforms = [
-        MaskedAutoregressiveTransform(
-            dim,
-            ElementwiseAffine(affine_bound(layers)),
-            hidden,
-            hidden_layers,
-            alternating_order(dim, i),
-        )
-        for i in range(layers)
-    ]
-    return Flow(Chain(transforms), StandardNormal((dim,)))
+    check_hparams(layers=layers)
+    univariate = _affine(layers, scale_bound)
+    return autoregressive_stack(dim, univariate, layers, hidden, hidden_layers)
 
 
 @register_family("iaf")
-def build_iaf(dim: int, layers: int = 5, hidden: int = 64, hidden_layers: int = 2) -> Flow:
+def build_iaf(
+    dim: int, layers: int = 5, hidden: int = 64, hidden_layers: int = 2, scale_bound: float = 3.0
+) -> Flow:
     """An inverse autoregressive flow: sampling (latent to data) in one pass, density in ``dim``.
 
-    Each layer is an inverted affine :class:`MaskedAutoregressiveTransform`, so
+    The stack of :func:`build_maf` with every layer inverted, so
     ``x_i = z_i * exp(s_i(z_<i)) + t_i(z_<i)`` in one MADE pass; ``log_prob`` runs the exact
-    sequential inverse. The autoregressive order is reversed between layers, and the log-scale
-    bound per layer is ``min(3, 24 / layers)`` as in :func:`build_maf`.
+    sequential inverse.
 
-    Arguments:
-        dim: The number of features.
-        layers: The number of autoregressive layers.
-        hidden: The width of each MADE's hidden layers.
-        hidden_layers: The number of hidden layers per MADE.
+    Arguments are those of :func:`build_maf`.
 
     References:
         | Improved Variational Inference with Inverse Autoregressive Flow (Kingma et al., 2016)
@@ -224,17 +204,6 @@ def build_iaf(dim: int, layers: int = 5, hidden: int = 64, hidden_layers: int = 
         >>> flow.sample(3, seed=0).shape
         torch.Size([3, 2])
     """
-    check_hparams(dim=dim, layers=layers, hidden=hidden, hidden_layers=hidden_layers)
-    transforms = [
-        Invert(
-            MaskedAutoregressiveTransform(
-                dim,
-                ElementwiseAffine(affine_bound(layers)),
-                hidden,
-                hidden_layers,
-                alternating_order(dim, i),
-            )
-        )
-        for i in range(layers)
-    ]
-    return Flow(Chain(transforms), StandardNormal((dim,)))
+    check_hparams(layers=layers)
+    univariate = _affine(layers, scale_bound)
+    return autoregressive_stack(dim, univariate, layers, hidden, hidden_layers, inverted=True)

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flowserve.models.hparams import canonical_hparams
+
 __all__ = [
     "FAMILIES",
     "Chain",
@@ -299,10 +301,12 @@ def families() -> list[str]:
 
 def build_flow(family: str, **hparams: Any) -> Flow:
     """Build a flow of ``family`` from its hyper-parameters; every family takes ``dim``
-    (vector data) or ``shape`` (images) plus its own options, all with defaults."""
+    (vector data) or ``shape`` (images) plus its own options, all with defaults, named as in
+    :data:`~flowserve.models.hparams.HPARAMS` (old names are still accepted, with a warning)."""
     key = family.lower()
     if key not in FAMILIES:
         raise ValueError(f"unknown flow family {family!r}; known: {', '.join(families())}")
+    hparams = canonical_hparams(hparams)
     flow = FAMILIES[key](**hparams)
     flow.family = key
     flow.hparams = dict(hparams)

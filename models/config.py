@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from flowserve.models.hparams import canonical_hparams
+
 __all__ = [
     "AUTO_FAMILY",
     "CALIBRATION_METHODS",
@@ -56,7 +58,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "iaf": {"layers": 5, "hidden": 64},
     "nsf": {"layers": 4, "hidden": 64, "params": {"bins": 8}},
     "nsf_ar": {"layers": 3, "hidden": 64, "params": {"bins": 8}},
-    "ffjord": {"layers": 2, "hidden": 64, "epochs": 50, "batch_size": 512},
+    "ffjord": {"layers": 1, "hidden": 64, "epochs": 50, "batch_size": 512},
 }
 
 
@@ -214,10 +216,12 @@ def resolve_config(
         params.update(layer.get("params") or {})
         merged.update({k: v for k, v in layer.items() if k != "params"})
     merged["family"] = family
-    merged["params"] = params
     try:
+        merged["params"] = canonical_hparams(params)  # old option names, with a warning
         return TrainConfig(**merged)
     except TypeError as e:
+        raise ConfigError(str(e)) from e
+    except ValueError as e:
         raise ConfigError(str(e)) from e
 
 

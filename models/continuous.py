@@ -24,7 +24,7 @@ import itertools
 import torch
 from torch import Tensor, nn
 
-from flowserve.models.base import Flow, StandardNormal, Transform, register_family
+from flowserve.models.base import Chain, Flow, StandardNormal, Transform, register_family
 
 __all__ = ["FFJORD", "ODEDynamics", "build_ffjord"]
 
@@ -50,14 +50,14 @@ class ODEDynamics(nn.Module):
     Arguments:
         dim: The number of features.
         hidden: The width of the hidden layers.
-        layers: The number of hidden layers (the depth of the net).
+        hidden_layers: The number of hidden layers.
     """
 
-    def __init__(self, dim: int, hidden: int = 64, layers: int = 2) -> None:
+    def __init__(self, dim: int, hidden: int = 64, hidden_layers: int = 2) -> None:
         super().__init__()
-        if layers < 1:
-            raise ValueError(f"layers must be >= 1, got {layers}")
-        widths = [dim] + [hidden] * layers + [dim]
+        if hidden_layers < 1:
+            raise ValueError(f"hidden_layers must be >= 1, got {hidden_layers}")
+        widths = [dim] + [hidden] * hidden_layers + [dim]
         self.net = nn.ModuleList(_ConcatSquash(a, b) for a, b in itertools.pairwise(widths))
         # Start close to the identity map: small last layer, so the initial flow is ~ the base.
         with torch.no_grad():
@@ -158,8 +158,9 @@ class FFJORD(Transform):
 @register_family("ffjord")
 def build_ffjord(
     dim: int,
+    layers: int = 1,
     hidden: int = 64,
-    layers: int = 2,
+    hidden_layers: int = 2,
     steps: int = 8,
     estimator: str = "hutchinson",
 ) -> Flow:
@@ -167,9 +168,11 @@ def build_ffjord(
 
     Arguments:
         dim: The number of features.
-        hidden: The width of the dynamics net.
-        layers: The number of hidden layers of the dynamics net.
-        steps: The number of fixed RK4 steps (more: smaller round-trip and log-det error).
+        layers: The number of continuous-time blocks, each with its own dynamics net.
+        hidden: The width of the dynamics nets.
+        hidden_layers: The number of hidden layers of each dynamics net.
+        steps: The number of fixed RK4 steps per block (more: smaller round-trip and log-det
+            error).
         estimator: The training-mode trace, ``"hutchinson"`` (default) or ``"exact"``.
 
     Example:
@@ -179,5 +182,11 @@ def build_ffjord(
     """
     if dim < 1:
         raise ValueError(f"dim must be >= 1, got {dim}")
-    transform = FFJORD(ODEDynamics(dim, hidden, layers), steps=steps, estimator=estimator)
-    return Flow(transform, StandardNormal((dim,)))
+    if layers < 1:
+        raise ValueError(f"layers must be >= 1, got {layers}")
+    blocks = [
+        FFJORD(ODEDynamics(dim, hidden, hidden_layers), steps=steps, estimator=estimator)
+        for _ in range(layers)
+    ]
+    # One block stands alone, so its parameters keep the names of a single-block flow.
+    return Flow(blocks[0] if layers == 1 else Chain(blocks), StandardNormal((dim,)))

@@ -12,18 +12,14 @@ import torch
 from torch import Tensor, nn
 
 from flowserve.models.base import Chain, Flow, StandardNormal, Transform, register_family
-from flowserve.models.coupling import (
-    AffineCoupling,
-    ElementwiseAffine,
-    check_coupling_dim,
-    checkerboard_mask,
-    layer_scale_bound,
-)
+from flowserve.models.coupling import AffineCoupling, check_coupling_dim, checkerboard_mask
+from flowserve.models.elementwise import ElementwiseAffine, Unconditional
+from flowserve.models.nets import layer_scale_bound
 
 __all__ = ["ActNorm", "LULinear", "build_glow"]
 
 
-class ActNorm(ElementwiseAffine):
+class ActNorm(Unconditional):
     """Per-feature affine map whose first training batch sets it to standardize that batch.
 
     The initialization runs once, on the first ``forward`` in training mode with gradients
@@ -50,8 +46,18 @@ class ActNorm(ElementwiseAffine):
     initialized: Tensor
 
     def __init__(self, dim: int) -> None:
-        super().__init__(dim)
+        super().__init__(ElementwiseAffine(scale_bound=None), dim)
         self.register_buffer("initialized", torch.tensor(False))
+
+    @property
+    def log_scale(self) -> Tensor:
+        """The per-feature log-scale (``z = x * exp(log_scale) + shift``)."""
+        return self.params[:, 1]
+
+    @property
+    def shift(self) -> Tensor:
+        """The per-feature shift."""
+        return self.params[:, 0]
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
@@ -59,9 +65,8 @@ class ActNorm(ElementwiseAffine):
         std = x.std(dim=0, unbiased=False)
         # A constant feature (or a batch of one row) has no scale to learn from: keep scale 1.
         std = torch.where(torch.isfinite(std) & (std > 1e-6), std, torch.ones_like(std))
-        self.log_scale.copy_(-torch.log(std))
-        assert self.shift is not None
-        self.shift.copy_(-mean / std)
+        # (shift, log-scale) per feature: z = x / std - mean / std.
+        self.params.copy_(torch.stack([-mean / std, -torch.log(std)], dim=-1))
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,7 +147,7 @@ class LULinear(Transform):
 
 @register_family("glow")
 def build_glow(
-    dim: int, layers: int = 8, hidden: int = 64, depth: int = 2, clamp: float = 3.0
+    dim: int, layers: int = 8, hidden: int = 64, hidden_layers: int = 2, scale_bound: float = 3.0
 ) -> Flow:
     """Glow for vectors: ``layers`` steps of actnorm, invertible linear map, affine coupling.
 
@@ -150,9 +155,9 @@ def build_glow(
         dim: The number of features (at least 2).
         layers: The number of steps.
         hidden: The width of each coupling's conditioner network.
-        depth: The number of hidden layers of each conditioner network.
-        clamp: The largest per-step log-scale of the couplings (lowered for deep flows, see
-            :func:`~flowserve.models.coupling.layer_scale_bound`).
+        hidden_layers: The number of hidden layers of each conditioner network.
+        scale_bound: The largest per-step log-scale of the couplings (lowered for deep flows,
+            see :func:`~flowserve.models.nets.layer_scale_bound`).
 
     References:
         | Glow: Generative Flow with Invertible 1x1 Convolutions (Kingma & Dhariwal, 2018)
@@ -164,16 +169,14 @@ def build_glow(
         >>> torch.allclose(flow.decode(flow.encode(x)), x, atol=1e-5)
         True
     """
-    check_coupling_dim("glow", dim)
-    if int(layers) < 1:
-        raise ValueError(f"glow needs layers >= 1, got {layers}")
+    check_coupling_dim("glow", dim, layers)
     # The linear maps mix features, so any feature may be scaled by every step's coupling.
-    bound = layer_scale_bound(clamp, layers)
+    bound = layer_scale_bound(scale_bound, layers)
     steps: list[Transform] = []
     for i in range(layers):
         steps += [
             ActNorm(dim),
             LULinear(dim),
-            AffineCoupling(checkerboard_mask(dim, i), hidden, depth, scale_bound=bound),
+            AffineCoupling(checkerboard_mask(dim, i), hidden, hidden_layers, scale_bound=bound),
         ]
     return Flow(Chain(steps), StandardNormal((dim,)))

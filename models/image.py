@@ -32,8 +32,10 @@ from flowserve.models.base import (
     register_family,
     sum_except_batch,
 )
+from flowserve.models.coupling import Coupling
+from flowserve.models.elementwise import ElementwiseAffine
 from flowserve.models.glow import ActNorm, LULinear
-from flowserve.models.nets import mlp, soft_clamp
+from flowserve.models.nets import mlp
 
 __all__ = [
     "ConvAffineCoupling",
@@ -137,52 +139,53 @@ def _conv_net(in_channels: int, out_channels: int, hidden: int) -> nn.Sequential
     )
 
 
-class ConvAffineCoupling(Transform):
-    """Affine coupling over channel halves with a small conv net, identity at init.
+class ConvAffineCoupling(Coupling):
+    """Affine coupling over channels with a small conv net, identity at init.
 
-    ``z_b = x_b * exp(s(x_a)) + t(x_a)`` with soft-clamped ``s`` and ``t``; ``parity`` picks which
-    half conditions (alternate it between steps when no 1x1 convolution mixes channels).
+    ``z_b = x_b * exp(s(x_a)) + t(x_a)`` with soft-clamped ``s`` and ``t``; ``mask`` picks the
+    channels that condition (alternate it between steps when no 1x1 convolution mixes channels).
 
     Arguments:
-        channels: The number of channels (at least 2).
+        mask: Boolean mask over the channels, True for the kept (conditioning) ones (at least
+            one of each).
         hidden: The width of the conv net.
-        parity: 0 keeps the first half of the channels fixed, 1 the second half.
 
     References:
         | Density estimation using Real NVP (Dinh et al., 2016)
         | https://arxiv.org/abs/1605.08803
     """
 
-    def __init__(self, channels: int, hidden: int = 32, parity: int = 0) -> None:
-        super().__init__()
+    def __init__(self, mask: Tensor, hidden: int = 32) -> None:
+        channels = torch.as_tensor(mask).numel()
         if channels < 2:
             raise ValueError(f"a channel coupling needs >= 2 channels, got {channels}")
-        self.split = channels // 2 if parity == 0 else channels - channels // 2
-        self.parity = parity
-        kept = self.split
-        self.net = _conv_net(kept, 2 * (channels - kept), hidden)
+        super().__init__(mask)  # the split indexes dim 1: the channels
+        self.affine = ElementwiseAffine(_SCALE_BOUND, shift_bound=_SHIFT_BOUND)
+        self.net = _conv_net(self.kept.numel(), 2 * self.changed.numel(), hidden)
 
-    def _halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.parity == 0:
-            return x[:, : self.split], x[:, self.split :]
-        return x[:, -self.split :], x[:, : -self.split]
-
-    def _join(self, a: Tensor, b: Tensor) -> Tensor:
-        return torch.cat([a, b] if self.parity == 0 else [b, a], dim=1)
-
-    def _params(self, xa: Tensor) -> tuple[Tensor, Tensor]:
+    def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        xa, xb = self._split(x)
         s, t = self.net(xa).chunk(2, dim=1)
-        return soft_clamp(s, _SCALE_BOUND), soft_clamp(t, _SHIFT_BOUND)
+        yb, ld = (self.affine.inverse if inverse else self.affine)(xb, torch.stack([t, s], -1))
+        return self._merge(xa, yb), sum_except_batch(ld)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        xa, xb = self._halves(x)
-        s, t = self._params(xa)
-        return self._join(xa, xb * torch.exp(s) + t), sum_except_batch(s)
+        return self._couple(x, inverse=False)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        za, zb = self._halves(z)
-        s, t = self._params(za)
-        return self._join(za, (zb - t) * torch.exp(-s)), -sum_except_batch(s)
+        return self._couple(z, inverse=True)
+
+
+def channel_halves(channels: int, layer: int) -> Tensor:
+    """The kept-channel mask of step ``layer``: the first ``channels // 2`` channels on even
+    steps, the last ``channels - channels // 2`` on odd ones.
+
+    Example:
+        >>> channel_halves(4, 0).tolist(), channel_halves(3, 1).tolist()
+        ([True, True, False, False], [False, True, True])
+    """
+    first = torch.arange(channels) < channels // 2
+    return first if layer % 2 == 0 else torch.arange(channels) >= channels // 2
 
 
 class MultiScale(Transform):
@@ -270,11 +273,12 @@ def _build_multiscale(
     for ch in reversed(chans):
         layer: list[Transform] = []
         for i in range(steps):
+            # Glow's 1x1 convolutions mix the channels, so one fixed split suffices there.
+            mask = channel_halves(ch, 0 if glow else i)
+            layer.append(PerPixel(ActNorm(ch)))
             if glow:
-                layer += [PerPixel(ActNorm(ch)), PerPixel(LULinear(ch))]
-                layer.append(ConvAffineCoupling(ch, hidden, parity=0))
-            else:
-                layer += [PerPixel(ActNorm(ch)), ConvAffineCoupling(ch, hidden, parity=i % 2)]
+                layer.append(PerPixel(LULinear(ch)))
+            layer.append(ConvAffineCoupling(mask, hidden))
         inner = MultiScale(layer, inner)
     assert inner is not None
     # Integer levels [0, K) -> [-0.5, 0.5): log-det -D log K, so log_prob is the density of the
@@ -359,6 +363,7 @@ class _ConditionalAffine(nn.Module):
     def __init__(self, shape: tuple[int, ...], mask: Tensor, hidden: int) -> None:
         super().__init__()
         self.register_buffer("mask", mask)
+        self.affine = ElementwiseAffine(_SCALE_BOUND, shift_bound=_SHIFT_BOUND)
         if len(shape) == 3:
             self.net: nn.Module = _conv_net(2 * shape[0], 2 * shape[0], hidden)
         else:
@@ -369,9 +374,10 @@ class _ConditionalAffine(nn.Module):
         h = torch.cat([e * self.mask, context], dim=1)
         out = self.net(h)
         s, t = out.chunk(2, dim=1) if out.dim() == 4 else out.unbind(1)
-        s = soft_clamp(s, _SCALE_BOUND) * (1 - self.mask)
-        t = soft_clamp(t, _SHIFT_BOUND) * (1 - self.mask)
-        return e * torch.exp(s) + t, sum_except_batch(s)
+        # Zero parameters where the mask keeps the noise: the identity there (clamp(0) = 0).
+        free = 1 - self.mask
+        y, ld = self.affine(e, torch.stack([t * free, s * free], dim=-1))
+        return y, sum_except_batch(ld)
 
 
 class VariationalDequantization(nn.Module):

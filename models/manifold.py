@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from flowserve.models.base import Chain, Flow, Invert, StandardUniform, Transform, register_family
+from flowserve.models.coupling import Coupling
 from flowserve.models.nets import mlp
 from flowserve.models.spline import rational_quadratic_spline
 
@@ -77,7 +78,7 @@ def _circular_spline(
     return wrap_angle(y + rotation), ld
 
 
-class CircularSplineCoupling(Transform):
+class CircularSplineCoupling(Coupling):
     """Circular spline + rotation of the angles where ``mask`` is False, conditioned on
     ``(cos, sin)`` of the others (unconditional parameters when every angle is transformed).
 
@@ -85,26 +86,24 @@ class CircularSplineCoupling(Transform):
         mask: Boolean mask over the angles, True for the kept (conditioning) ones.
         bins: The number of spline bins.
         hidden: The width of the conditioner network.
+        hidden_layers: The number of hidden layers of the conditioner network.
 
     References:
         | Normalizing Flows on Tori and Spheres (Rezende et al., 2020)
         | https://arxiv.org/abs/2002.02428
     """
 
-    def __init__(self, mask: Tensor, bins: int = 8, hidden: int = 32) -> None:
-        super().__init__()
-        mask = torch.as_tensor(mask, dtype=torch.bool)
-        kept, changed = torch.nonzero(mask).reshape(-1), torch.nonzero(~mask).reshape(-1)
-        self.register_buffer("kept", kept)
-        self.register_buffer("changed", changed)
-        self.register_buffer("merge", torch.argsort(torch.cat([kept, changed])))
+    def __init__(
+        self, mask: Tensor, bins: int = 8, hidden: int = 32, hidden_layers: int = 2
+    ) -> None:
+        super().__init__(mask, unconditional=True)
         self.bins = int(bins)
         per = 3 * self.bins  # widths, heights, K - 1 derivatives, rotation
-        if kept.numel() == 0:
-            self.free = nn.Parameter(torch.zeros(changed.numel(), per))
+        if self.kept.numel() == 0:
+            self.free = nn.Parameter(torch.zeros(self.changed.numel(), per))
             self.net: nn.Module | None = None
         else:
-            self.net = mlp(2 * kept.numel(), changed.numel() * per, hidden)
+            self.net = mlp(2 * self.kept.numel(), self.changed.numel() * per, hidden, hidden_layers)
 
     def _params(self, kept: Tensor, n: int) -> Tensor:
         if self.net is None:
@@ -113,9 +112,9 @@ class CircularSplineCoupling(Transform):
         return self.net(feats).reshape(n, self.changed.numel(), 3 * self.bins)
 
     def _run(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        a, b = x.index_select(1, self.kept), x.index_select(1, self.changed)
+        a, b = self._split(x)
         b, ld = _circular_spline(b, self._params(a, x.shape[0]), self.bins, inverse)
-        return torch.cat([a, b], dim=1).index_select(1, self.merge), ld.sum(dim=1)
+        return self._merge(a, b), ld.sum(dim=1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._run(x, inverse=False)
@@ -125,7 +124,9 @@ class CircularSplineCoupling(Transform):
 
 
 @register_family("circle")
-def build_circle(dim: int = 1, layers: int = 4, bins: int = 8, hidden: int = 32) -> Flow:
+def build_circle(
+    dim: int = 1, layers: int = 4, bins: int = 8, hidden: int = 32, hidden_layers: int = 2
+) -> Flow:
     """Flow on the circle (``dim = 1``) or the torus of ``dim`` angles, uniform base.
 
     Arguments:
@@ -133,6 +134,7 @@ def build_circle(dim: int = 1, layers: int = 4, bins: int = 8, hidden: int = 32)
         layers: The number of coupling layers.
         bins: The number of spline bins.
         hidden: The width of the conditioner networks (tori).
+        hidden_layers: The number of hidden layers of the conditioner networks (tori).
 
     References:
         | Normalizing Flows on Tori and Spheres (Rezende et al., 2020)
@@ -148,7 +150,7 @@ def build_circle(dim: int = 1, layers: int = 4, bins: int = 8, hidden: int = 32)
     parts: list[Transform] = [WrapAngle()]
     for i in range(layers):
         mask = (torch.arange(dim) % 2 == i % 2) if dim > 1 else torch.zeros(1, dtype=torch.bool)
-        parts.append(CircularSplineCoupling(mask, bins, hidden))
+        parts.append(CircularSplineCoupling(mask, bins, hidden, hidden_layers))
     return Flow(Chain(parts), StandardUniform((dim,)))
 
 
@@ -177,30 +179,34 @@ class SphereChart(Transform):
 
 
 class CylinderSplineCoupling(Transform):
-    """On the cylinder ``(phi, h)``: either a circular spline + rotation of ``phi`` given ``h``
-    (``which="angle"``) or an interval spline of ``h`` on ``[-1, 1]`` given ``phi``
-    (``which="height"``).
+    """On the cylinder ``(phi, h)``: the coordinate where ``mask`` is False, splined given the
+    other: a circular spline + rotation of ``phi`` given ``h`` (``mask = [False, True]``) or an
+    interval spline of ``h`` on ``[-1, 1]`` given ``phi`` (``mask = [True, False]``).
 
     Arguments:
-        which: ``"angle"`` or ``"height"``.
+        mask: Boolean mask over ``(phi, h)``, True for the kept (conditioning) coordinate.
         bins: The number of spline bins.
         hidden: The width of the conditioner network.
+        hidden_layers: The number of hidden layers of the conditioner network.
     """
 
-    def __init__(self, which: str, bins: int = 8, hidden: int = 32) -> None:
+    def __init__(
+        self, mask: Tensor, bins: int = 8, hidden: int = 32, hidden_layers: int = 2
+    ) -> None:
         super().__init__()
-        if which not in ("angle", "height"):
-            raise ValueError(f"which must be 'angle' or 'height', got {which!r}")
-        self.which, self.bins = which, int(bins)
-        if which == "angle":
-            self.net = mlp(1, 3 * self.bins, hidden)
+        kept = torch.as_tensor(mask, dtype=torch.bool).reshape(-1).tolist()
+        if len(kept) != 2 or kept[0] == kept[1]:
+            raise ValueError(f"mask must keep exactly one of (phi, h), got {kept}")
+        self.angle, self.bins = not kept[0], int(bins)
+        if self.angle:
+            self.net = mlp(1, 3 * self.bins, hidden, hidden_layers)
         else:
-            self.net = mlp(2, 3 * self.bins - 1, hidden)
+            self.net = mlp(2, 3 * self.bins - 1, hidden, hidden_layers)
 
     def _run(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         phi, h = x[:, 0], x[:, 1]
         k = self.bins
-        if self.which == "angle":
+        if self.angle:
             phi, ld = _circular_spline(phi, self.net(h[:, None]), k, inverse)
         else:
             p = self.net(torch.stack([torch.cos(phi), torch.sin(phi)], dim=1))
@@ -244,7 +250,9 @@ class UniformSphere(nn.Module):
 
 
 @register_family("sphere")
-def build_sphere(dim: int = 3, layers: int = 4, bins: int = 8, hidden: int = 32) -> Flow:
+def build_sphere(
+    dim: int = 3, layers: int = 4, bins: int = 8, hidden: int = 32, hidden_layers: int = 2
+) -> Flow:
     """Flow on the unit sphere ``S^2`` (rows are 3-vectors), uniform base on the sphere.
 
     Arguments:
@@ -252,6 +260,7 @@ def build_sphere(dim: int = 3, layers: int = 4, bins: int = 8, hidden: int = 32)
         layers: The number of (angle, height) coupling pairs on the cylinder.
         bins: The number of spline bins.
         hidden: The width of the conditioner networks.
+        hidden_layers: The number of hidden layers of the conditioner networks.
 
     References:
         | Normalizing Flows on Tori and Spheres (Rezende et al., 2020)
@@ -267,9 +276,11 @@ def build_sphere(dim: int = 3, layers: int = 4, bins: int = 8, hidden: int = 32)
         raise ValueError(f"the sphere family models unit vectors in R^3: dim must be 3, got {dim}")
     if layers < 1 or bins < 2:
         raise ValueError(f"sphere needs layers >= 1 and bins >= 2, got {layers, bins}")
+    # Alternate: the height given the angle, then the angle given the height.
+    height, angle = torch.tensor([True, False]), torch.tensor([False, True])
     parts: list[Transform] = [SphereChart()]
     for _ in range(layers):
-        parts += [CylinderSplineCoupling("height", bins, hidden)]
-        parts += [CylinderSplineCoupling("angle", bins, hidden)]
+        parts += [CylinderSplineCoupling(height, bins, hidden, hidden_layers)]
+        parts += [CylinderSplineCoupling(angle, bins, hidden, hidden_layers)]
     parts.append(Invert(SphereChart()))
     return Flow(Chain(parts), UniformSphere())

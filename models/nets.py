@@ -1,8 +1,10 @@
 """Small conditioner networks and numeric helpers shared by the flow families.
 
 Coupling and autoregressive layers predict their transform's parameters with a network; this
-module builds the plain multi-layer perceptron they share, and the soft clamp that keeps the
-predicted parameters bounded (so that extreme inputs cannot overflow through many layers).
+module builds the plain multi-layer perceptron they share, the soft clamp that keeps the
+predicted parameters bounded, and the one scale budget that shares a bound on the total
+log-scale out between the layers of a flow (so that extreme inputs cannot overflow through many
+layers).
 """
 
 from __future__ import annotations
@@ -12,24 +14,45 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
-__all__ = ["mlp", "soft_clamp"]
+__all__ = ["SCALE_BUDGET", "SHIFT_BOUND", "layer_scale_bound", "mlp", "soft_clamp"]
+
+# Total |log-scale| (nats) the layers of one flow may apply to a feature: e^24 * 1e4 ~ 3e14,
+# whose square (the Gaussian log-density term) is far from the float32 limit of 3e38.
+SCALE_BUDGET = 24.0
+# Bound on each predicted shift; typical shifts on standardized data are a few units.
+SHIFT_BOUND = 100.0
+
+
+def layer_scale_bound(scale_bound: float, transforms_per_feature: int) -> float:
+    """The per-layer log-scale bound: ``scale_bound``, shrunk so that the layers that transform
+    one feature stay within :data:`SCALE_BUDGET` together.
+
+    Arguments:
+        scale_bound: The largest per-layer log-scale a shallow flow may use.
+        transforms_per_feature: How many layers of the flow scale any one feature.
+
+    Example:
+        >>> layer_scale_bound(3.0, 4), layer_scale_bound(3.0, 16)
+        (3.0, 1.5)
+    """
+    return min(float(scale_bound), SCALE_BUDGET / max(1, int(transforms_per_feature)))
 
 
 def mlp(
     in_features: int,
     out_features: int,
     hidden: int,
-    depth: int = 2,
+    hidden_layers: int = 2,
     zero_last: bool = True,
     activation: type[nn.Module] = nn.ReLU,
 ) -> nn.Sequential:
-    """A multi-layer perceptron ``in_features -> hidden (x depth) -> out_features``.
+    """A multi-layer perceptron ``in_features -> hidden (x hidden_layers) -> out_features``.
 
     Arguments:
         in_features: The input width.
         out_features: The output width.
         hidden: The width of every hidden layer.
-        depth: The number of hidden layers (0 gives a single linear map).
+        hidden_layers: The number of hidden layers (0 gives a single linear map).
         zero_last: Whether the last layer starts at zero (weights and bias), so that a flow
             layer whose parameters it predicts starts at (or next to) the identity.
         activation: The non-linearity between layers.
@@ -45,9 +68,9 @@ def mlp(
             f"mlp widths must be positive, got in={in_features}, out={out_features}, "
             f"hidden={hidden}"
         )
-    if depth < 0:
-        raise ValueError(f"mlp depth must be >= 0, got {depth}")
-    widths = [in_features, *([hidden] * depth), out_features]
+    if hidden_layers < 0:
+        raise ValueError(f"mlp hidden_layers must be >= 0, got {hidden_layers}")
+    widths = [in_features, *([hidden] * hidden_layers), out_features]
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(pairwise(widths)):
         layers.append(nn.Linear(a, b))

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from flowserve.models.autoregressive import (
-    ElementwiseTransform,
     MaskedAutoregressiveTransform,
-    alternating_order,
+    autoregressive_stack,
     check_hparams,
 )
 from flowserve.models.base import Chain, Flow, StandardNormal, Transform, register_family
-from flowserve.models.coupling import mixing_mask
+from flowserve.models.coupling import Coupling, mixing_mask
+from flowserve.models.elementwise import ElementwiseTransform
 from flowserve.models.nets import mlp, soft_clamp
 
 __all__ = [
@@ -181,18 +181,17 @@ class RationalQuadraticSpline(ElementwiseTransform):
         return rational_quadratic_spline(y, *self._split(params), bound=self.bound, inverse=True)
 
 
-class SplineCoupling(Transform):
-    """A rational-quadratic spline coupling: one half of the features, splined element-wise with
-    parameters predicted by an MLP from the other half, which passes through unchanged.
+class SplineCoupling(Coupling):
+    """A rational-quadratic spline coupling: the features where ``mask`` is False, splined
+    element-wise with parameters predicted by an MLP from the others, which pass unchanged.
 
     Arguments:
         dim: The number of features (at least 2).
         spline: The element-wise spline.
         hidden: The width of the conditioner's hidden layers.
         hidden_layers: The number of conditioner hidden layers.
-        swap: Whether the first half (rather than the second) is transformed.
-        mask: Boolean mask over the features, True for the kept (conditioning) ones; overrides
-            the contiguous halves (build_nsf uses ``mixing_mask`` from the coupling module).
+        mask: Boolean mask over the features, True for the kept (conditioning) ones (default:
+            the first ``dim // 2``; build_nsf uses ``mixing_mask`` from the coupling module).
 
     References:
         | Neural Spline Flows (Durkan et al., 2019)
@@ -205,35 +204,27 @@ class SplineCoupling(Transform):
         spline: RationalQuadraticSpline,
         hidden: int = 64,
         hidden_layers: int = 2,
-        swap: bool = False,
         mask: Tensor | None = None,
     ) -> None:
-        super().__init__()
         if dim < 2:
             raise ValueError(f"a coupling layer needs dim >= 2 to split, got dim={dim}")
-        if mask is None:  # contiguous halves; ``swap`` transforms the first
-            mask = torch.arange(dim) >= dim // 2 if swap else torch.arange(dim) < dim // 2
-        mask = torch.as_tensor(mask, dtype=torch.bool).reshape(-1)
-        if mask.numel() != dim or mask.all() or not mask.any():
-            raise ValueError(f"a coupling mask needs kept and transformed features, got {mask}")
-        kept, changed = torch.nonzero(mask).reshape(-1), torch.nonzero(~mask).reshape(-1)
-        self.register_buffer("kept", kept)
-        self.register_buffer("changed", changed)
-        self.register_buffer("merge", torch.argsort(torch.cat([kept, changed])))
+        mask = torch.arange(dim) < dim // 2 if mask is None else mask
+        if torch.as_tensor(mask).numel() != dim:
+            raise ValueError(f"a coupling mask over {dim} features needs {dim} entries")
+        super().__init__(mask)
         self.spline = spline
-        self.n_target = int(changed.numel())
-        self.net = mlp(int(kept.numel()), self.n_target * spline.num_params, hidden, hidden_layers)
+        self.n_target = int(self.changed.numel())
+        self.net = mlp(self.kept.numel(), self.n_target * spline.num_params, hidden, hidden_layers)
 
     def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-        cond, target = x.index_select(1, self.kept), x.index_select(1, self.changed)
+        cond, target = self._split(x)
         # Bounded conditioner inputs: rows far outside the spline's interval cannot push the
         # network into saturated (near-zero derivative) splines.
         params = self.net(soft_clamp(cond, self.spline.bound))
         params = params.reshape(x.shape[0], self.n_target, self.spline.num_params)
         f = self.spline.inverse if inverse else self.spline.forward
         out, ld = f(target, params)
-        y = torch.cat([cond, out], dim=1).index_select(1, self.merge)
-        return y, ld.sum(dim=1)
+        return self._merge(cond, out), ld.sum(dim=1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._couple(x, inverse=False)
@@ -316,15 +307,7 @@ def build_nsf_ar(
         >>> flow.sample(3, seed=0).shape
         torch.Size([3, 2])
     """
-    check_hparams(dim=dim, layers=layers, hidden=hidden, bins=bins, hidden_layers=hidden_layers)
-    transforms = [
-        MaskedAutoregressiveTransform(
-            dim,
-            RationalQuadraticSpline(bins, bound),
-            hidden,
-            hidden_layers,
-            alternating_order(dim, i),
-        )
-        for i in range(layers)
-    ]
-    return Flow(Chain(transforms), StandardNormal((dim,)))
+    check_hparams(bins=bins)
+    return autoregressive_stack(
+        dim, lambda: RationalQuadraticSpline(bins, bound), layers, hidden, hidden_layers
+    )

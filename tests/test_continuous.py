@@ -68,7 +68,7 @@ def onnx_parity(flow: nn.Module, x: torch.Tensor, z: torch.Tensor, tmp: Path) ->
 
 def _flow(dim: int = 3, dtype: torch.dtype = torch.float64, steps: int = 8) -> Flow:
     torch.manual_seed(0)
-    flow = build_flow("ffjord", dim=dim, hidden=16, layers=2, steps=steps).to(dtype)
+    flow = build_flow("ffjord", dim=dim, hidden=16, hidden_layers=2, steps=steps).to(dtype)
     randomize(flow, seed=0, scale=0.3)
     return flow.eval()
 
@@ -140,7 +140,7 @@ def test_short_fit_lowers_nll() -> None:
     gen = torch.Generator().manual_seed(0)
     data = torch.randn(512, 2, generator=gen) * torch.tensor([0.4, 1.5]) + torch.tensor([1.0, 0])
     torch.manual_seed(0)
-    flow = build_flow("ffjord", dim=2, hidden=16, layers=1, steps=4)
+    flow = build_flow("ffjord", dim=2, hidden=16, hidden_layers=1, steps=4)
     opt = torch.optim.Adam(flow.parameters(), lr=5e-2)
     flow.eval()
     with torch.no_grad():
