@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flowserve.models.hparams import canonical_hparams
 
@@ -45,7 +45,9 @@ AUTO_FAMILY = "auto"
 
 # With a time budget and no --epochs, the epoch count is only a safety cap.
 BUDGET_EPOCH_CAP = 100_000
-CALIBRATION_METHODS = ("auto", "split", "cross-fit")
+
+Calibration = Literal["auto", "split", "cross-fit"]
+CALIBRATION_METHODS: tuple[str, ...] = get_args(Calibration)
 
 # Per-family overrides of the generic defaults in TrainConfig; flow options go under "params".
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -66,77 +68,79 @@ class ConfigError(ValueError):
     """A config file or option is invalid; the message names the key or the file."""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a training run (flow, optimization, data split, hardware)."""
+def _message(error: ValidationError) -> str:
+    """One line for the first problem, ``key must be ..., got value``."""
+    first = error.errors()[0]
+    key = str(first["loc"][0]) if first["loc"] else ""
+    ctx, value = first.get("ctx", {}), first.get("input")
+    kind = first["type"]
+    if kind in ("greater_than", "greater_than_equal"):
+        op, bound = (">", ctx["gt"]) if kind == "greater_than" else (">=", ctx["ge"])
+        return f"{key} must be {op} {bound:g}, got {value}"
+    if kind == "literal_error":
+        choices = get_args(TrainConfig.model_fields[key].annotation)
+        return f"{key} must be one of {', '.join(choices)}, got {value!r}"
+    return f"{key}: {first['msg']}, got {value!r}" if key else first["msg"]
+
+
+Positive = Annotated[int, Field(ge=1)]
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run (flow, optimization, data split, hardware).
+
+    Immutable; an invalid value raises :class:`ConfigError` naming the key.
+
+    Example:
+        >>> TrainConfig(family="maf", epochs=3).max_epochs
+        3
+        >>> TrainConfig(epochs=0)
+        Traceback (most recent call last):
+            ...
+        flowserve.models.config.ConfigError: epochs must be >= 1, got 0
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     family: str = DEFAULT_FAMILY
-    layers: int | None = None  # None: the family's default
-    hidden: int | None = None
-    params: dict[str, Any] = field(default_factory=dict)  # family-specific flow options
-    epochs: int | None = None  # None: 100, or BUDGET_EPOCH_CAP under a time budget
-    batch_size: int | None = None  # None: scaled to the training rows (batch_size_for)
-    lr: float = 1e-3
+    layers: Positive | None = None  # None: the family's default
+    hidden: Positive | None = None
+    params: dict[str, Any] = Field(default_factory=dict)  # family-specific flow options
+    epochs: Positive | None = None  # None: 100, or BUDGET_EPOCH_CAP under a time budget
+    batch_size: Positive | None = None  # None: scaled to the training rows (batch_size_for)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = 0.0
-    scheduler: str = "cosine"  # cosine (on the share of the budget or epochs used) | plateau | none
-    grad_clip: float = 5.0
-    patience: int = 20  # early-stopping epochs without a better validation NLL
+    # cosine (on the share of the budget or epochs used) | plateau | none
+    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
+    grad_clip: float = Field(5.0, ge=0)
+    patience: Positive = 20  # early-stopping epochs without a better validation NLL
     seed: int = 0
-    time_budget: float | None = None  # wall-clock seconds for everything before export
-    threads: int = 1  # torch intra-op threads while training (small flows: 1 is fastest)
-    calibration: str = "auto"  # auto | split | cross-fit (flowserve.models.calibrate)
-    calibration_folds: int = 5
+    # wall-clock seconds for everything before export
+    time_budget: float | None = Field(None, gt=0)
+    threads: Positive = 1  # torch intra-op threads while training (small flows: 1 is fastest)
+    calibration: Calibration = "auto"  # flowserve.models.calibrate
+    calibration_folds: int = Field(5, ge=2)
     max_rows: int | None = None
     val_fraction: float | None = None  # None: sized for the table (data.split_indices)
     test_fraction: float = 0.1
-    nan_policy: str = "drop"
+    nan_policy: Literal["drop", "error"] = "drop"
     accelerator: str = "auto"
     devices: str | int = "auto"
     strategy: str = "auto"
-    num_nodes: int = 1
+    num_nodes: Positive = 1
 
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs is None or self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (
-                self.batch_size is None or self.batch_size >= 1,
-                f"batch_size must be >= 1, got {self.batch_size}",
-            ),
-            (
-                self.time_budget is None or self.time_budget > 0,
-                f"time_budget must be > 0 seconds, got {self.time_budget}",
-            ),
-            (self.threads >= 1, f"threads must be >= 1, got {self.threads}"),
-            (
-                self.calibration in CALIBRATION_METHODS,
-                f"calibration must be one of {', '.join(CALIBRATION_METHODS)}, "
-                f"got {self.calibration!r}",
-            ),
-            (
-                self.calibration_folds >= 2,
-                f"calibration_folds must be >= 2, got {self.calibration_folds}",
-            ),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
-            (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
-            (self.num_nodes >= 1, f"num_nodes must be >= 1, got {self.num_nodes}"),
-            (
-                self.scheduler in ("cosine", "plateau", "none"),
-                f"scheduler must be cosine, plateau or none, got {self.scheduler!r}",
-            ),
-            (
-                self.nan_policy in ("drop", "error"),
-                f"nan_policy must be drop or error, got {self.nan_policy!r}",
-            ),
-            (self.layers is None or self.layers >= 1, f"layers must be >= 1, got {self.layers}"),
-            (self.hidden is None or self.hidden >= 1, f"hidden must be >= 1, got {self.hidden}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise ConfigError(_message(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied, checked like a new config."""
+        return TrainConfig(**{**self.model_dump(), **changes})
 
     @property
     def max_epochs(self) -> int:
@@ -154,7 +158,7 @@ class TrainConfig:
         return int(min(512, max(32, 2 ** round(math.log2(max(target, 1.0))))))
 
 
-_KEYS = {f.name for f in fields(TrainConfig)}
+_KEYS = set(TrainConfig.model_fields)
 
 
 def _check_keys(values: dict[str, Any], source: str) -> None:
@@ -218,11 +222,9 @@ def resolve_config(
     merged["family"] = family
     try:
         merged["params"] = canonical_hparams(params)  # old option names, with a warning
-        return TrainConfig(**merged)
-    except TypeError as e:
-        raise ConfigError(str(e)) from e
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    return TrainConfig(**merged)
 
 
 def flow_hparams(config: TrainConfig, builder: Any) -> dict[str, Any]:

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
 import logging
 import math
@@ -59,8 +58,7 @@ class Candidate:
 
     def config(self, base: TrainConfig) -> TrainConfig:
         """``base`` with this candidate's family and size (the user's ``params`` stay on top)."""
-        return dataclasses.replace(
-            base,
+        return base.replace(
             family=self.family,
             layers=self.layers,
             hidden=self.hidden,
@@ -174,7 +172,7 @@ def _train_round(
 
     config = runner.config
     if epochs is not None:
-        config = dataclasses.replace(config, epochs=max(1, epochs))
+        config = config.replace(epochs=max(1, epochs))
     before = None if first else copy.deepcopy(runner.flow.state_dict())
     try:
         fit = fit_flow(
