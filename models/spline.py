@@ -288,15 +288,9 @@ def build_nsf_ar(
     """An autoregressive neural spline flow: density in one MADE pass, sampling in ``dim``.
 
     Each layer is a :class:`MaskedAutoregressiveTransform` whose MADE outputs ``3 * bins - 1``
-    spline parameters per feature; the order is reversed between layers.
-
-    Arguments:
-        dim: The number of features.
-        layers: The number of autoregressive layers.
-        hidden: The width of each MADE's hidden layers.
-        bins: The number of spline bins ``K``.
-        bound: The spline covers ``[-bound, bound]``; the identity outside.
-        hidden_layers: The number of hidden layers per MADE.
+    spline parameters per feature; the order is reversed between layers
+    (:func:`~flowserve.models.autoregressive.autoregressive_stack`). Arguments are those of
+    :func:`build_nsf`, the conditioners being MADEs.
 
     References:
         | Neural Spline Flows (Durkan et al., 2019)

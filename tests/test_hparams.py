@@ -76,3 +76,22 @@ def test_config_files_with_old_names_resolve_to_new_ones() -> None:
     assert config.params == {"scale_bound": 2.0}
     with pytest.raises(ConfigError, match="give only"):
         resolve_config({"params": {"depth": 1, "hidden_layers": 2}})
+
+
+def test_ffjord_layers_stack_ode_blocks_and_one_block_is_the_old_model() -> None:
+    torch.manual_seed(0)
+    one = build_flow("ffjord", dim=2, hidden=8, hidden_layers=2, steps=4).double().eval()
+    # One block stands alone: the parameter names of every ffjord model trained before.
+    assert all(name.startswith("transform.dynamics.") for name, _ in one.named_parameters())
+    torch.manual_seed(0)
+    two = build_flow("ffjord", dim=2, layers=2, hidden=8, steps=4).double().eval()
+    blocks = list(two.transform.transforms)
+    assert len(blocks) == 2
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, ld = two.transform(x)
+        mid, ld0 = blocks[0](x)
+        _, ld1 = blocks[1](mid)
+        back = two.decode(two.encode(x))
+    assert torch.allclose(ld, ld0 + ld1)
+    assert torch.allclose(back, x, atol=1e-6)
