@@ -7,7 +7,6 @@ through both graphs, TorchScript parity, calibration, and ``flowserve verify``.
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import subprocess
@@ -39,7 +38,6 @@ from flowserve.cli import main as cli_main
 from flowserve.models import build_flow
 from flowserve.models import export as export_module
 from flowserve.models.base import (
-    FAMILIES,
     Chain,
     Flow,
     Standardize,
@@ -52,8 +50,6 @@ from tests.flow_cases import VECTOR_FAMILIES
 from tests.helpers import randomize
 
 DIM = 4
-# Every vector family of the shared list, plus families it does not list yet (theirs win).
-EXPORT_FAMILIES = {"ffjord": {"hidden": 8, "layers": 2, "steps": 4}, **VECTOR_FAMILIES}
 FEATURES = [f"f{i}" for i in range(DIM)]
 
 
@@ -90,17 +86,9 @@ def affine_flow(rows: np.ndarray, seed: int = 0) -> Flow:
     return flow.set_preprocess(standardize_for(rows))
 
 
-def require_family(family: str, module: str | None = None) -> None:
-    """Every family must be registered (importing its module registers it)."""
-    if family not in FAMILIES and module is not None:
-        importlib.import_module(f"flowserve.models.{module}")
-    assert family in FAMILIES, f"flow family {family!r} is not registered"
-
-
 def family_flow(family: str, rows: np.ndarray) -> Flow:
-    require_family(family, "continuous" if family == "ffjord" else None)
     torch.manual_seed(0)
-    flow = build_flow(family, dim=DIM, **EXPORT_FAMILIES[family])
+    flow = build_flow(family, dim=DIM, **VECTOR_FAMILIES[family])
     randomize(flow, seed=0)
     return flow.set_preprocess(standardize_for(rows))
 
@@ -113,7 +101,7 @@ class Exported:
         return ort.InferenceSession(str(self.out / graph), providers=["CPUExecutionProvider"])
 
 
-@pytest.fixture(scope="module", params=sorted(EXPORT_FAMILIES))
+@pytest.fixture(scope="module", params=sorted(VECTOR_FAMILIES))
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Exported:
     family = request.param
     train, holdout = raw_rows(300, seed=1), raw_rows(200, seed=2)
@@ -398,7 +386,6 @@ IMAGE_FAMILIES = ["glow_image", "realnvp_image"]
 @pytest.mark.parametrize("family", IMAGE_FAMILIES)
 def test_image_family_exports_flat_rows(family: str, tmp_path: Path) -> None:
     """Image flows take ``[N, C, H, W]`` and give flat latents; the graphs take flat rows."""
-    require_family(family, "image")
     shape = (1, 4, 4)
     torch.manual_seed(0)
     flow = build_flow(family, shape=shape, levels=2, steps=1, hidden=8, num_values=17)
@@ -445,7 +432,6 @@ MANIFOLD_CASES = {
 
 @pytest.mark.parametrize("family", sorted(MANIFOLD_CASES))
 def test_manifold_family_exports(family: str, tmp_path: Path) -> None:
-    require_family(family, "manifold")
     hparams, data = MANIFOLD_CASES[family]
     torch.manual_seed(0)
     flow = build_flow(family, **hparams)
