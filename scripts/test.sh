@@ -15,4 +15,6 @@ python -m pip install -q -e ".[dev]"
 python -m pip install -q -e clients/python --no-deps
 ruff check .
 ruff format --check .
-python -m pytest "$@"
+# Two workers (PYTEST_WORKERS=0 runs in one process); each test file stays on one worker, so
+# module fixtures (trained models, live servers) are built once.
+python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"

@@ -131,7 +131,6 @@ def cluster() -> Iterator[distributed.Client]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
 def test_score_dask_on_two_workers_equals_the_service(
     artifact: tuple[Path, AffineFlow], frame: pd.DataFrame, cluster: distributed.Client
 ) -> None:
@@ -224,7 +223,6 @@ def test_batch_score_cli_names_file_rows_and_the_flag(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
 def test_batch_score_cli_on_a_running_scheduler(
     artifact: tuple[Path, AffineFlow],
     frame: pd.DataFrame,

@@ -19,7 +19,6 @@ from flowserve_client import AsyncFlowClient, FlowClient
 from tests.live_server import free_port, live_server
 from tests.service_fixtures import AffineFlow, affine_flow, build_affine_artifact
 
-pytestmark = pytest.mark.timeout(120)
 KEY = "client-test-key"
 MAX_ROWS = 500
 

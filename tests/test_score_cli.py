@@ -17,7 +17,6 @@ from flowserve_client import FlowClient
 from tests.live_server import free_port, live_server
 from tests.service_fixtures import AffineFlow, affine_flow, build_affine_artifact
 
-pytestmark = pytest.mark.timeout(120)
 COLUMNS = ["log_prob", "score", "percentile", "p_value", "is_anomaly", "status"]
 
 
