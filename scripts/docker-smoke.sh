@@ -23,7 +23,7 @@ if [ -z "${NO_BUILD:-}" ]; then
   # shellcheck disable=SC2086  # BUILD_ARGS is a list of words on purpose
   docker build --network host -q ${BUILD_ARGS:-} -t "$IMAGE" . >/dev/null
 fi
-echo "### image $IMAGE: $(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+echo "### image $IMAGE: $(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB (%.0f MiB)", $1/1e6, $1/1048576}')"
 
 docker run -d --rm --name "$NAME" --network host \
   -e FLOWSERVE_PORT="$PORT" -e FLOWSERVE_API_KEYS="$KEY" -e FLOWSERVE_WORKERS="${WORKERS:-1}" \
