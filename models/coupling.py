@@ -111,6 +111,16 @@ class Coupling(Transform):
     def _merge(self, a: Tensor, b: Tensor) -> Tensor:
         return torch.cat([a, b], dim=1).index_select(1, self.merge)
 
+    def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:  # pragma: no cover
+        """Transform the changed features of ``x`` (inversely if ``inverse``), keep the rest."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._couple(x, inverse=False)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self._couple(z, inverse=True)
+
 
 class AdditiveCoupling(Coupling):
     """NICE's additive coupling ``z_b = x_b + t(x_a)``: volume preserving (log-det 0).
@@ -132,13 +142,10 @@ class AdditiveCoupling(Coupling):
     def _shift(self, xa: Tensor) -> Tensor:
         return soft_clamp(self.net(xa), SHIFT_BOUND)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         xa, xb = self._split(x)
-        return self._merge(xa, xb + self._shift(xa)), x.new_zeros(x.shape[0])
-
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        za, zb = self._split(z)
-        return self._merge(za, zb - self._shift(za)), z.new_zeros(z.shape[0])
+        shift = self._shift(xa)
+        return self._merge(xa, xb - shift if inverse else xb + shift), x.new_zeros(x.shape[0])
 
 
 class AffineCoupling(Coupling):
@@ -179,12 +186,6 @@ class AffineCoupling(Coupling):
         params = torch.stack([t, s], dim=-1)
         yb, ld = (self.affine.inverse if inverse else self.affine)(xb, params)
         return self._merge(xa, yb), ld.sum(dim=1)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._couple(x, inverse=False)
-
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self._couple(z, inverse=True)
 
 
 @register_family("nice")

@@ -169,12 +169,6 @@ class ConvAffineCoupling(Coupling):
         yb, ld = (self.affine.inverse if inverse else self.affine)(xb, torch.stack([t, s], -1))
         return self._merge(xa, yb), sum_except_batch(ld)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._couple(x, inverse=False)
-
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self._couple(z, inverse=True)
-
 
 def channel_halves(channels: int, layer: int) -> Tensor:
     """The kept-channel mask of step ``layer``: the first ``channels // 2`` channels on even

@@ -111,16 +111,10 @@ class CircularSplineCoupling(Coupling):
         feats = torch.cat([torch.cos(kept), torch.sin(kept)], dim=1)
         return self.net(feats).reshape(n, self.changed.numel(), 3 * self.bins)
 
-    def _run(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         a, b = self._split(x)
         b, ld = _circular_spline(b, self._params(a, x.shape[0]), self.bins, inverse)
         return self._merge(a, b), ld.sum(dim=1)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._run(x, inverse=False)
-
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self._run(z, inverse=True)
 
 
 @register_family("circle")

@@ -226,12 +226,6 @@ class SplineCoupling(Coupling):
         out, ld = f(target, params)
         return self._merge(cond, out), ld.sum(dim=1)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._couple(x, inverse=False)
-
-    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return self._couple(z, inverse=True)
-
 
 @register_family("nsf")
 def build_nsf(
