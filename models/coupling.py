@@ -3,8 +3,8 @@
 A coupling layer splits the features with a binary ``mask``: the masked-in (kept) features pass
 unchanged and condition a network that transforms the others, so both directions are closed form
 and the Jacobian is triangular. Consecutive layers alternate the mask so every feature is
-transformed. :class:`Coupling` holds the split; every coupling layer of the library (affine,
-additive, spline, circular) is one.
+transformed. :class:`Coupling` holds the split and both directions; every coupling layer of the
+library (additive, affine, spline, circular, image) is one and only says how it transforms.
 
 Both directions are bounded: log-scales and shifts are soft-clamped, and the log-scale bound
 shrinks with depth so that the total scale any feature can accumulate stays within
@@ -86,6 +86,9 @@ def checkerboard_mask(dim: int, layer: int) -> Tensor:
 
 class Coupling(Transform):
     """Splitting and merging by a fixed mask (index buffers, so it exports as Gather).
+
+    A subclass implements ``_couple(x, inverse)``, which ``forward`` and ``inverse`` call. The
+    split is along dimension 1: features of rows, or channels of images.
 
     Arguments:
         mask: Boolean mask over the features, True for the kept (conditioning) ones.
