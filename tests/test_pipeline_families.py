@@ -20,7 +20,7 @@ from flowserve.models import families
 from flowserve.models.data import prepare_data
 from flowserve.models.preprocess import FAMILY_DATA_KINDS, data_kind_of
 from flowserve.models.training import train
-from tests.flow_cases import VECTOR_FAMILIES
+from tests.flow_cases import EXPORT_FAMILIES, VECTOR_FAMILIES
 from tests.helpers import two_moons
 from tests.service_fixtures import service_client
 
@@ -31,8 +31,6 @@ PIPELINE_SUITES = {
     "tests/test_pipeline_image.py": {"glow_image", "realnvp_image"},
 }
 ROWS = two_moons(240, seed=0) * 3.0 + 10.0  # raw units: standardization must undo this
-# planar's numerical inverse unrolls into a large graph: two layers keep its export short.
-SMALLER: dict[str, dict[str, int]] = {"planar": {"layers": 2}}
 
 
 def test_every_family_is_in_the_flow_suites_and_a_pipeline_suite() -> None:
@@ -50,7 +48,7 @@ def served(
 ) -> Iterator[tuple[str, Path, TestClient]]:
     """One family trained (one epoch), exported and served from its own model root."""
     family = request.param
-    hparams = {**VECTOR_FAMILIES[family], **SMALLER.get(family, {})}
+    hparams = EXPORT_FAMILIES[family]
     params = {k: v for k, v in hparams.items() if k not in ("layers", "hidden")}
     result = train(
         ROWS,
