@@ -18,7 +18,7 @@ rm -rf "$OUT/sensors"
 flowserve train --demo sensors --demo-rows 5000 --seed 0 \
   --name sensors --out "$OUT" --version 1 \
   --family realnvp --layers 8 --hidden 64 \
-  --epochs 60 --patience 10 --batch-size 256 --lr 2e-3 \
+  --epochs 200 --patience 30 --batch-size 256 --lr 2e-3 \
   --accelerator cpu --devices 1 \
   --checkpoint-dir "$CKPT" --no-progress
 du -sh "$OUT/sensors/1"
