@@ -151,6 +151,17 @@ def _inverse_model(flow: AffineFlow) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
+def _exact_parity(rows: int) -> Parity:
+    """The parity record of a graph that is its own reference: no difference on ``rows``."""
+    return Parity(
+        rows=rows,
+        max_abs_log_prob_diff=0.0,
+        log_prob_tolerance=1e-4,
+        roundtrip_max_abs_error=0.0,
+        roundtrip_tolerance=1e-4,
+    )
+
+
 def build_affine_artifact(
     root: Path, name: str = "toy", version: int = 1, flow: AffineFlow | None = None
 ) -> tuple[Path, AffineFlow]:
@@ -177,13 +188,7 @@ def build_affine_artifact(
             standardize_mean=flow.mean.tolist(), standardize_scale=flow.std.tolist()
         ),
         calibration=Calibration.from_log_probs(flow.log_prob(holdout), default_fpr=0.05),
-        parity=Parity(
-            rows=256,
-            max_abs_log_prob_diff=0.0,
-            log_prob_tolerance=1e-4,
-            roundtrip_max_abs_error=0.0,
-            roundtrip_tolerance=1e-4,
-        ),
+        parity=_exact_parity(rows=256),
         opset=OPSET,
         files={f: sha256_file(out / f) for f in (FORWARD_GRAPH, INVERSE_GRAPH)},
         library_versions={"onnx": onnx.__version__},
@@ -208,13 +213,7 @@ def build_torchscript_only_artifact(root: Path, name: str = "scripted", version:
         input_shape=[2],
         feature_names=["a", "b"],
         calibration=Calibration.from_log_probs(flow.log_prob(flow.sample(100, 0))),
-        parity=Parity(
-            rows=1,
-            max_abs_log_prob_diff=0.0,
-            log_prob_tolerance=1e-4,
-            roundtrip_max_abs_error=0.0,
-            roundtrip_tolerance=1e-4,
-        ),
+        parity=_exact_parity(rows=1),
         graphs={"forward": "model.pt", "inverse": "model.pt"},
         torchscript="model.pt",
         opset=OPSET,
