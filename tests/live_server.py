@@ -50,7 +50,9 @@ def live_server_process(
     port = free_port()
     cmd = [sys.executable, "-m", "flowserve.cli", "serve", "--models", str(model_root)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args]
-    full_env = {**os.environ, **(env or {})}
+    # No readiness drain on exit (the service's default is 5 s of 503s after SIGTERM): the tests of
+    # draining ask for one with --drain-s, which wins over the environment.
+    full_env = {**os.environ, "FLOWSERVE_DRAIN_S": "0", **(env or {})}
     # A file, not a pipe: a chatty server can never block on a full pipe buffer.
     log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True)
