@@ -20,6 +20,7 @@ from flowserve.models import build_flow, families
 from flowserve.models.base import Flow
 from tests.flow_cases import (
     ALL_FAMILIES,
+    DEFAULT_FIT_STEPS,
     FIT_STEPS,
     LOGDET_ATOL,
     ROUNDTRIP_ATOL32,
@@ -139,7 +140,7 @@ def test_short_fit_beats_best_gaussian(family: str) -> None:
     xtr, xte = torch.as_tensor(train), torch.as_tensor(test)
     opt = torch.optim.Adam(flow.parameters(), lr=5e-3)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(FIT_STEPS.get(family, 300)):
+    for _ in range(FIT_STEPS.get(family, DEFAULT_FIT_STEPS)):
         batch = xtr[torch.randint(0, len(xtr), (128,), generator=gen)]
         loss = -flow.log_prob(batch).mean()
         opt.zero_grad()
