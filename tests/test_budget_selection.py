@@ -319,7 +319,7 @@ def test_fit_leaves_global_torch_state_as_it_found_it() -> None:
     before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
-    _fitted(n_threads=1)
+    _fitted(n_threads=2 if threads == 1 else 1)  # a count that differs from the current one
     assert torch.equal(torch.get_rng_state(), before[0])
     assert np.array_equal(np.random.get_state()[1], before[1])
     assert random.getstate() == before[2]
