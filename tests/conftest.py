@@ -1,5 +1,6 @@
 """Fixtures shared across the test files: a model root holding one closed-form artifact and
-in-process clients on it (the builders themselves live in tests/service_fixtures.py)."""
+in-process clients on it (the builders themselves live in tests/service_fixtures.py), and
+Hypothesis's deterministic profile."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import settings
 
 from tests.service_fixtures import AffineFlow, affine_flow, build_affine_artifact, service_client
+
+# Property tests draw the same examples on every run and machine, like the rest of the suite:
+# a failure found once fails again on the next run, not only where an example database kept it.
+settings.register_profile("deterministic", derandomize=True)
+settings.load_profile("deterministic")
 
 
 @pytest.fixture(scope="module")
