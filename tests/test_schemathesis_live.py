@@ -35,7 +35,6 @@ def test_schemathesis_all_checks_and_stateful_find_nothing(tmp_path: Path) -> No
             "--phases", "examples,coverage,fuzzing,stateful",
             "--max-examples", "8",
             "--seed", "1",
-            "--max-time", "45",
             "--generation-database", "none",
             "--workers", "1",
             "--exclude-path-regex", "^/v2",
@@ -48,7 +47,9 @@ def test_schemathesis_all_checks_and_stateful_find_nothing(tmp_path: Path) -> No
             capture_output=True,
             text=True,
             env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
-            timeout=240,
+            # A guard against a hung run only (a quiet machine takes under a minute): coverage is
+            # fixed by --max-examples and --seed, not by how fast the machine is.
+            timeout=1800,
         )
     tail = run.stdout[-6000:]
     assert run.returncode == 0, f"schemathesis found failures:\n{tail}\n{run.stderr[-2000:]}"
