@@ -26,7 +26,7 @@ from flowserve.service.runtime import FlowModel, load_flow_model
 from tests.service_fixtures import service_client
 
 TRAIN: dict[str, Any] = {
-    "epochs": 15,
+    "epochs": 8,
     "lr": 1e-2,
     "layers": 2,
     "hidden": 16,
