@@ -151,7 +151,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def settings_table() -> str:
     """The settings as a Markdown table (setting, environment variable, flag, default, meaning):
-    what ``docs/api.md`` holds (``python scripts/settings_docs.py`` rewrites it there)."""
+    what ``docs/api.md`` holds (``python scripts/api_docs.py`` rewrites it there)."""
     rows = [
         "| setting | environment | flag | default | meaning |",
         "|---|---|---|---|---|",

@@ -77,9 +77,9 @@ def test_every_code_the_server_writes_is_in_the_table() -> None:
 
 
 def test_docs_table_is_written_from_the_table() -> None:
-    script = runpy.run_path(str(ROOT / "scripts" / "error_codes_doc.py"))
+    script = runpy.run_path(str(ROOT / "scripts" / "api_docs.py"))
     text = (ROOT / "docs" / "api.md").read_text()
-    assert script["update"](text) == text, "run: python scripts/error_codes_doc.py"
+    assert script["update"](text) == text, "run: python scripts/api_docs.py"
     for code in CODES:
         assert f"| `{code}` |" in text
 

@@ -126,14 +126,12 @@ def test_help_names_every_flag_and_its_environment_variable() -> None:
 
 
 def test_docs_settings_table_is_current() -> None:
-    spec = importlib.util.spec_from_file_location(
-        "settings_docs", ROOT / "scripts/settings_docs.py"
-    )
+    spec = importlib.util.spec_from_file_location("api_docs", ROOT / "scripts/api_docs.py")
     assert spec is not None and spec.loader is not None
-    settings_docs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(settings_docs)
+    api_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(api_docs)
     text = (ROOT / "docs/api.md").read_text()
-    assert settings_docs.with_table(text) == text, "run: python scripts/settings_docs.py"
+    assert api_docs.update(text) == text, "run: python scripts/api_docs.py"
 
 
 def test_docs_name_only_real_settings() -> None:

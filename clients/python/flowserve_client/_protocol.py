@@ -3,7 +3,7 @@
 This is the one definition of both. The server (``flowserve.service``, shipped in the same
 distribution as this package) builds its errors, its binary ``/score`` replies and its bulk
 tables from it; the clients map error codes to their exception classes and name their score
-columns with it; ``scripts/error_codes_doc.py`` writes the error table of docs/api.md from it.
+columns with it; ``scripts/api_docs.py`` writes the error table of docs/api.md from it.
 It imports nothing but the standard library, so the bulk scorer reads it without httpx.
 
 Example:
