@@ -81,7 +81,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="family-specific flow option, repeatable (e.g. --param bins=8)",
     )
     for key, (kind, help_text) in _CONFIG_FLAGS.items():
-        parser.add_argument("--" + key.replace("_", "-"), type=kind, help=help_text)
+        parser.add_argument(
+            "--" + key.replace("_", "-"), type=kind, help=help_text.replace("%", "%%")
+        )
     parser.add_argument("--scheduler", choices=["cosine", "plateau", "none"])
     parser.add_argument(
         "--calibration",

@@ -178,3 +178,13 @@ def test_ddp_subprocess_launcher_from_the_command_line(tmp_path: Path) -> None:
     assert "GLOBAL_RANK: 1" in proc.stderr + proc.stdout
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [".checkpoints", "1"]
     assert verify_artifact(tmp_path / "d" / "1").training_config["devices"] == 2
+
+
+@pytest.mark.parametrize("command", ["train", "verify", "serve", "score", "batch-score"])
+def test_every_subcommand_help_renders(command: str, capsys: pytest.CaptureFixture) -> None:
+    # argparse formats help lazily with %-interpolation: a bare "%" in one help text made
+    # `flowserve train --help` crash with a traceback instead of printing the options.
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: flowserve " + command in capsys.readouterr().out
