@@ -4,7 +4,9 @@
 one call, like Triton's dynamic batcher: a batch closes when it reaches ``max_batch_size`` rows or
 its first request has waited ``max_delay_s`` (0: take only what is already queued, so an idle
 server adds no latency), and at most ``max_inflight`` batches run at once, so under load requests
-queue up and leave together. Requests at least ``max_batch_size`` rows long skip the queue.
+queue up and leave together. Requests at least ``max_batch_size`` rows long skip the queue, and so
+does a lone request (``max_delay_s`` 0, nothing queued or running, no other request this loop
+turn): it runs as it would with batching off, instead of a task and two loop turns later.
 
 :class:`InferenceEngine` is what routes call: ``await engine.forward(model, x)``,
 ``await engine.log_prob(model, x)`` and ``await engine.inverse(model, z)``; every call runs in a
@@ -90,12 +92,29 @@ class DynamicBatcher:
         self._full = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._turn_mark = False  # a request took the idle fast path in this loop turn
+        self._alone = 0  # idle-path requests waiting on a worker thread
 
     async def submit(self, model: FlowModel, rows: np.ndarray) -> Outputs:
         """The graph's outputs for ``rows`` (computed alone or within a merged batch)."""
         if len(rows) >= self.max_batch_size:
             return await self._run_alone(model, rows)
         loop = asyncio.get_running_loop()
+        if self._idle():
+            # A lone request: the queue would hand it back unmerged, a task and two loop turns
+            # later. The mark (cleared on the next loop turn) sends requests that arrive in the
+            # same turn, a burst under load, to the queue, where they merge.
+            self._turn_mark = True
+            loop.call_soon(self._clear_turn_mark)
+            if self._runs_inline_rows(model, len(rows)):
+                if self._on_batch is not None:
+                    self._on_batch(len(rows), 1)
+                return self._call(model, rows)
+            self._alone += 1
+            try:
+                return await self._run_alone(model, rows)
+            finally:
+                self._alone -= 1
         item = _Item(model, rows, loop.create_future(), loop.time())
         self._pending.append(item)
         self._pending_rows += len(rows)
@@ -104,6 +123,20 @@ class DynamicBatcher:
         if self._dispatcher is None:
             self._dispatcher = asyncio.create_task(self._dispatch())
         return await item.future
+
+    def _idle(self) -> bool:
+        """Nothing queued, running or arrived this loop turn, and no delay asked for."""
+        return (
+            self.max_delay_s == 0
+            and not self._turn_mark
+            and not self._pending
+            and self._dispatcher is None
+            and not self._running
+            and self._alone == 0
+        )
+
+    def _clear_turn_mark(self) -> None:
+        self._turn_mark = False
 
     async def _run_alone(self, model: FlowModel, rows: np.ndarray) -> Outputs:
         if self._on_batch is not None:
@@ -148,8 +181,10 @@ class DynamicBatcher:
             self._dispatcher = None
 
     def _runs_inline(self, batch: list[_Item]) -> bool:
-        rows = sum(len(item.rows) for item in batch)
-        return self._inline is not None and self._inline(batch[0].model, rows)
+        return self._runs_inline_rows(batch[0].model, sum(len(item.rows) for item in batch))
+
+    def _runs_inline_rows(self, model: FlowModel, rows: int) -> bool:
+        return self._inline is not None and self._inline(model, rows)
 
     async def _run(self, batch: list[_Item]) -> None:
         try:

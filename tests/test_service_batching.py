@@ -60,3 +60,54 @@ def test_large_requests_bypass_and_errors_propagate():
         assert all(isinstance(r, RuntimeError) for r in results)
 
     asyncio.run(main())
+
+
+def test_lone_request_skips_the_queue_and_a_burst_still_merges():
+    model = CountingModel()
+    batches: list[tuple[int, int]] = []
+
+    async def main() -> None:
+        batcher = DynamicBatcher(
+            _call,
+            limiter=anyio.CapacityLimiter(1),
+            max_batch_size=64,
+            on_batch=lambda rows, requests: batches.append((rows, requests)),
+            inline=lambda m, rows: True,
+        )
+        x = np.arange(6, dtype=np.float32).reshape(3, 2)
+        for _ in range(3):  # one at a time: each runs at once, none waits on the dispatcher
+            z, _ = await batcher.submit(model, x)
+            np.testing.assert_array_equal(z, 2 * x)
+            assert batcher._dispatcher is None and not batcher._pending
+        assert model.calls == [3, 3, 3] and batches == [(3, 1)] * 3
+        # Ten requests in one loop turn (as a loaded server parses them): the first runs alone,
+        # the other nine arrive in the same turn and leave as one merged batch.
+        model.calls.clear()
+        xs = [np.full((1, 2), float(i), dtype=np.float32) for i in range(10)]
+        results = await asyncio.gather(*(batcher.submit(model, x) for x in xs))
+        for i, (z, _) in enumerate(results):
+            np.testing.assert_array_equal(z, np.full((1, 2), 2.0 * i))
+        assert model.calls == [1, 9]
+        # After the burst, a lone request takes the short path again.
+        await asyncio.sleep(0)
+        model.calls.clear()
+        await batcher.submit(model, xs[0])
+        assert model.calls == [1] and batcher._dispatcher is None
+
+    asyncio.run(main())
+
+
+def test_lone_threaded_request_runs_alone_and_later_ones_queue_behind_it():
+    model = CountingModel()
+
+    async def main() -> None:
+        # Not inline: the lone request goes straight to a worker thread; requests arriving
+        # while it runs queue and merge instead of each taking a thread of their own.
+        batcher = DynamicBatcher(_call, limiter=anyio.CapacityLimiter(1), max_batch_size=64)
+        first = asyncio.ensure_future(batcher.submit(model, np.ones((2, 2), dtype=np.float32)))
+        await asyncio.sleep(0)  # the first is now in its thread
+        rest = [batcher.submit(model, np.ones((1, 2), dtype=np.float32)) for _ in range(5)]
+        await asyncio.gather(first, *rest)
+        assert model.calls[0] == 2 and sum(model.calls) == 7 and len(model.calls) <= 3
+
+    asyncio.run(main())
