@@ -2,9 +2,9 @@
 directly (one request at a time on one event loop), so the client's cost and the other tenants'
 scheduling noise mostly drop out.
 
-Compares the service's /log_prob (defaults; ``--inline-max-rows 0``; and the model's ONNX Runtime
-call alone) with the bare FastAPI endpoint of bench_service.py, in microseconds per request
-(median of interleaved repeats).
+Compares the service's /log_prob (defaults; ``--no-batching``; ``--no-fast-lane``, FastAPI's
+routing; ``--inline-max-rows 0``; and the model's ONNX Runtime call alone) with the bare FastAPI
+endpoint of bench_service.py, in microseconds per request (median of interleaved repeats).
 
 Usage: ``python benchmarks/bench_asgi.py [--requests 3000] [--repeats 5]``.
 """
@@ -82,6 +82,7 @@ async def main(requests: int, repeats: int) -> None:
         "bare FastAPI (pydantic body)": bare_mod.app,
         "service, defaults": create_app(ServiceSettings()),
         "service, --no-batching": create_app(ServiceSettings(batching=False)),
+        "service, --no-fast-lane": create_app(ServiceSettings(fast_lane=False)),
         "service, --inline-max-rows 0": create_app(ServiceSettings(inline_max_rows=0)),
     }
     times: dict[str, list[float]] = {name: [] for name in apps}

@@ -16,6 +16,7 @@ from .batching import InferenceEngine
 from .docs_offline import install_offline_docs
 from .drain import draining_on_sigterm
 from .errors import install_error_handlers
+from .fast_lane import FastLane
 from .kserve_v2 import kserve_v2_router
 from .limits import BodySizeLimit, InFlightLimit
 from .metrics import ServiceMetrics
@@ -23,7 +24,7 @@ from .openapi import openapi_document
 from .repository import ModelRepository
 from .request_log import RequestLog
 from .routes_ops import admin_router, health_router, models_router
-from .routes_predict import prediction_router
+from .routes_predict import prediction_router, route_functions
 from .settings import ServiceSettings
 from .state import ServiceState, _default, _named, _versioned
 from .tracing import install_tracing
@@ -95,6 +96,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.state.flowserve = state
     install_error_handlers(app, on_error=metrics.error)
+    functions = {
+        prefix: route_functions(resolver)
+        for prefix, resolver in (("", _default), ("named", _named), ("versioned", _versioned))
+    }
+    if settings.fast_lane:  # innermost: inside the limits and request IDs, before FastAPI
+        app.add_middleware(
+            FastLane,
+            fastapi_app=app,
+            default=functions[""],
+            named=functions["named"],
+            versioned=functions["versioned"],
+        )
     app.add_middleware(
         BodySizeLimit, max_body_bytes=settings.max_body_bytes, on_reject=metrics.error
     )
@@ -106,10 +119,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     if settings.tracing:  # outermost: the span covers everything the server does
         install_tracing(app)
     # Most-called routes first: Starlette matches routes in order, and matching is per request.
-    app.include_router(prediction_router(_default, "", "default model"))
-    app.include_router(prediction_router(_named, "/models/{name}", "named model"))
+    app.include_router(prediction_router(functions[""], "", "default model"))
+    app.include_router(prediction_router(functions["named"], "/models/{name}", "named model"))
     app.include_router(
-        prediction_router(_versioned, "/models/{name}/versions/{version}", "versioned model")
+        prediction_router(
+            functions["versioned"], "/models/{name}/versions/{version}", "versioned model"
+        )
     )
     app.include_router(health_router)
     app.include_router(models_router)

@@ -41,7 +41,14 @@ from .schemas import (
 )
 from .state import ServiceState, get_state, require_api_key
 
-__all__ = ["ENDPOINTS", "Endpoint", "prediction_router", "request_body_docs", "score_batch"]
+__all__ = [
+    "ENDPOINTS",
+    "Endpoint",
+    "prediction_router",
+    "request_body_docs",
+    "route_functions",
+    "score_batch",
+]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
@@ -515,17 +522,25 @@ def _endpoint(
     return endpoint
 
 
+def route_functions(
+    resolver: Callable[..., Awaitable[ModelVersion]],
+) -> dict[str, Callable[..., Awaitable[Response]]]:
+    """Endpoint name -> route function (:data:`ENDPOINTS`), the model resolved by ``resolver``:
+    what FastAPI routes to and what :class:`~flowserve.service.fast_lane.FastLane` calls."""
+    return {ep.name: _endpoint(ep, resolver) for ep in ENDPOINTS}
+
+
 def prediction_router(
-    resolver: Callable[..., Awaitable[ModelVersion]], prefix: str, tag: str
+    functions: Mapping[str, Callable[..., Awaitable[Response]]], prefix: str, tag: str
 ) -> APIRouter:
-    """The model endpoints (:data:`ENDPOINTS`) under ``prefix``, the model resolved by
-    ``resolver``."""
+    """The model endpoints (:data:`ENDPOINTS`) under ``prefix``, answered by ``functions``
+    (from :func:`route_functions`)."""
     router = APIRouter(prefix=prefix, tags=[tag])
     route_suffix = prefix.replace("/", "_").replace("{", "").replace("}", "")
     for ep in ENDPOINTS:
         router.add_api_route(
             f"/{ep.name}",
-            _endpoint(ep, resolver),
+            functions[ep.name],
             methods=["POST"],
             response_model=ep.response,
             responses=ep.responses(),
