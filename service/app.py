@@ -4,8 +4,10 @@ the body size limit and the OpenAPI document. It loads nothing until the app sta
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 from fastapi import FastAPI
@@ -38,6 +40,16 @@ DESCRIPTION = """Exact likelihoods from normalizing flows: `/log_prob`, anomaly 
 version) and `/models/{name}/versions/{version}`. JSON rows, or `.npy` bodies
 (`Content-Type: application/x-npy`, `Accept: application/x-npy`) for bulk scoring.
 Errors are `{"error": {"code", "message", ...}}`."""
+
+
+# FastAPI 0.16x instruments every request with OpenTelemetry itself, checking its providers per
+# request. Tracing here is opt-in (--tracing, OpenTelemetry's ASGI middleware): off, there is
+# nothing to check; on, the native spans would duplicate the middleware's.
+_NO_NATIVE_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -87,6 +99,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             metrics.close()
 
     app = FastAPI(
+        **_NO_NATIVE_TELEMETRY,
         title="flowserve",
         version=flowserve.__version__,
         description=DESCRIPTION,
