@@ -30,6 +30,7 @@ HPARAMS: dict[str, str] = {
     "levels": "the number of scales of a multi-scale flow",
     "num_values": "the number of integer levels of the data",
     "flat": "whether an image flow takes flat rows",
+    "learned_prior": "whether each split of a multi-scale flow has Glow's learned prior",
 }
 
 # old name -> today's name (same meaning).

@@ -243,6 +243,23 @@ class _MultiScaleFlow(Transform):
         return self.top.inverse(z, (4 * c, h // 2, w // 2))
 
 
+def split_prior(channels: int, hidden: int) -> ConvAffineCoupling:
+    """Glow's learned prior at a split: the factored-out half (the first ``channels // 2``
+    channels) is Gaussian with a mean and scale predicted from the kept half, instead of
+    standard normal. Written as an affine coupling conditioned on the kept half,
+    ``z = (x_out - mu(x_kept)) / sigma(x_kept)``, the base stays standard normal and the step
+    exports and inverts like any other (identity at initialization).
+
+    Example:
+        >>> prior = split_prior(4, hidden=8)
+        >>> x = torch.randn(2, 4, 3, 3)
+        >>> torch.equal(prior(x)[0][:, 2:], x[:, 2:])  # the kept half passes unchanged
+        True
+    """
+    kept = torch.arange(channels) >= channels // 2  # MultiScale keeps the second half
+    return ConvAffineCoupling(kept, hidden)
+
+
 def _build_multiscale(
     shape: Sequence[int],
     levels: int,
@@ -251,6 +268,7 @@ def _build_multiscale(
     num_values: int,
     flat: bool,
     glow: bool,
+    learned_prior: bool,
 ) -> Flow:
     c, h, w = _check_shape(shape, levels)
     if steps < 1:
@@ -264,7 +282,7 @@ def _build_multiscale(
         chans.append(channels)
         channels = channels - channels // 2
     inner: MultiScale | None = None
-    for ch in reversed(chans):
+    for level, ch in reversed(list(enumerate(chans))):
         layer: list[Transform] = []
         for i in range(steps):
             # Glow's 1x1 convolutions mix the channels, so one fixed split suffices there.
@@ -273,6 +291,8 @@ def _build_multiscale(
             if glow:
                 layer.append(PerPixel(LULinear(ch)))
             layer.append(ConvAffineCoupling(mask, hidden))
+        if learned_prior and level < levels - 1:
+            layer.append(split_prior(ch, hidden))
         inner = MultiScale(layer, inner)
     assert inner is not None
     # Integer levels [0, K) -> [-0.5, 0.5): log-det -D log K, so log_prob is the density of the
@@ -292,6 +312,7 @@ def build_glow_image(
     hidden: int = 64,
     num_values: int = 256,
     flat: bool = False,
+    learned_prior: bool = False,
 ) -> Flow:
     """Multi-scale Glow: per level squeeze, ``steps`` x (actnorm, 1x1 conv (LU), affine
     coupling), split.
@@ -303,6 +324,8 @@ def build_glow_image(
         hidden: The width of the couplings' conv nets.
         num_values: The number ``K`` of integer levels: data lie in ``[0, K)`` (dequantized).
         flat: Whether the flow takes flat rows ``[N, C*H*W]`` instead of ``[N, C, H, W]``.
+        learned_prior: Whether each split's factored-out half gets a learned conditional
+            Gaussian prior (:func:`split_prior`) instead of a standard normal.
 
     References:
         | Glow: Generative Flow with Invertible 1x1 Convolutions (Kingma & Dhariwal, 2018)
@@ -314,7 +337,9 @@ def build_glow_image(
         >>> flow.encode(x).shape
         torch.Size([2, 16])
     """
-    return _build_multiscale(shape, levels, steps, hidden, num_values, flat, glow=True)
+    return _build_multiscale(
+        shape, levels, steps, hidden, num_values, flat, glow=True, learned_prior=learned_prior
+    )
 
 
 @register_family("realnvp_image")
@@ -325,6 +350,7 @@ def build_realnvp_image(
     hidden: int = 64,
     num_values: int = 256,
     flat: bool = False,
+    learned_prior: bool = False,
 ) -> Flow:
     """Multi-scale RealNVP: per level squeeze, ``steps`` x (actnorm, affine coupling on
     alternating channel halves), split. Arguments as :func:`build_glow_image`.
@@ -333,7 +359,9 @@ def build_realnvp_image(
         | Density estimation using Real NVP (Dinh et al., 2016)
         | https://arxiv.org/abs/1605.08803
     """
-    return _build_multiscale(shape, levels, steps, hidden, num_values, flat, glow=False)
+    return _build_multiscale(
+        shape, levels, steps, hidden, num_values, flat, glow=False, learned_prior=learned_prior
+    )
 
 
 class UniformDequantization(nn.Module):

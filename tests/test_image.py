@@ -12,6 +12,7 @@ from sklearn.datasets import load_digits
 from flowserve.models import build_flow
 from flowserve.models.base import Flow, StandardUniform
 from flowserve.models.image import (
+    ConvAffineCoupling,
     Squeeze,
     UniformDequantization,
     VariationalDequantization,
@@ -45,10 +46,13 @@ def test_squeeze_roundtrip_and_layout() -> None:
     assert torch.equal(Squeeze().inverse(y)[0], x)
 
 
+@pytest.mark.parametrize("prior", [False, True], ids=["standard_prior", "learned_prior"])
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_encode_returns_all_latents_and_roundtrips(family: str, dtype: torch.dtype) -> None:
-    flow = _flow(family, (1, 8, 8), dtype)
+def test_encode_returns_all_latents_and_roundtrips(
+    family: str, dtype: torch.dtype, prior: bool
+) -> None:
+    flow = _flow(family, (1, 8, 8), dtype, learned_prior=prior)
     x = _digits()[:32].to(dtype) + 0.5
     with torch.no_grad():
         z = flow.encode(x)
@@ -59,9 +63,10 @@ def test_encode_returns_all_latents_and_roundtrips(family: str, dtype: torch.dty
     assert s.shape == (3, 1, 8, 8) and torch.isfinite(s).all()
 
 
+@pytest.mark.parametrize("prior", [False, True], ids=["standard_prior", "learned_prior"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_logdet_matches_autograd_on_tiny_image(family: str) -> None:
-    flow = _flow(family, (1, 4, 4), torch.float64)
+def test_logdet_matches_autograd_on_tiny_image(family: str, prior: bool) -> None:
+    flow = _flow(family, (1, 4, 4), torch.float64, learned_prior=prior)
     xs = torch.rand(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     xs = xs * K
     _, ld = flow.transform(xs)
@@ -186,9 +191,10 @@ def test_bad_shapes_are_refused() -> None:
         build_flow("glow_image", shape=(8, 8))
 
 
+@pytest.mark.parametrize("prior", [False, True], ids=["standard_prior", "learned_prior"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_onnx_export_parity_on_flat_rows(family: str, tmp_path: Path) -> None:
-    flow = _flow(family, (1, 8, 8), torch.float32, flat=True)
+def test_onnx_export_parity_on_flat_rows(family: str, tmp_path: Path, prior: bool) -> None:
+    flow = _flow(family, (1, 8, 8), torch.float32, flat=True, learned_prior=prior)
     x = _digits()[:8].reshape(8, 64) + 0.5
     z = torch.randn(8, 64, generator=torch.Generator().manual_seed(2))
     errs = onnx_parity(flow, x, z, tmp_path)
@@ -201,3 +207,16 @@ class _Identity(torch.nn.Module):
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return z, z.new_zeros(z.shape[0])
+
+
+def test_learned_prior_conditions_the_factored_out_half_on_the_kept_half() -> None:
+    # Same weights everywhere else: the prior step is the only difference, and with non-trivial
+    # weights it changes the density (identity at initialization would hide a missing step).
+    plain = _flow("glow_image", (1, 8, 8), torch.float64)
+    prior = _flow("glow_image", (1, 8, 8), torch.float64, learned_prior=True)
+    x = _digits()[:16].double() + 0.5
+    with torch.no_grad():
+        assert not torch.allclose(plain.log_prob(x), prior.log_prob(x))
+    steps = prior.transform.transforms[-1].top.steps.transforms
+    assert isinstance(steps[-1], ConvAffineCoupling)
+    assert steps[-1].kept.tolist() == [2, 3]  # conditioned on the channels the next level keeps
