@@ -5,7 +5,8 @@ Files (written before export, so the manifest's checksums cover them):
 - ``metrics.json``: NLL in nats per row on train/validation/test, bits/dim, epochs, rows.
 - ``config.yaml``: the resolved training config.
 - ``loss_curve.png``: train and validation NLL per epoch, the best epoch marked.
-- ``samples.png``: pairwise scatter of the first features, model samples over data.
+- ``samples.png``: pairwise scatter of the first features, model samples over data (images:
+  training images over model samples).
 
 Figures are drawn with matplotlib's Agg canvas directly (no global backend switch, no display).
 """
@@ -29,6 +30,7 @@ __all__ = [
     "METRICS_FILE",
     "SAMPLES_FILE",
     "plot_loss_curve",
+    "plot_image_samples",
     "plot_samples",
     "write_report",
 ]
@@ -86,7 +88,7 @@ def plot_samples(
     data, samples = data[:max_points, :k], samples[:max_points, :k]
     # Axis limits from the data, so a few wild samples do not squash the picture.
     lo, hi = np.quantile(data, 0.005, axis=0), np.quantile(data, 0.995, axis=0)
-    pad = 0.15 * (hi - lo)
+    pad = np.maximum(0.15 * (hi - lo), 0.5 * (hi == lo))  # a constant feature: +-0.5 around it
     lo, hi = lo - pad, hi + pad
     if k == 1:
         fig = Figure(figsize=(5, 4))
@@ -118,6 +120,33 @@ def plot_samples(
     return path
 
 
+def plot_image_samples(
+    data: np.ndarray, samples: np.ndarray, shape: Sequence[int], path: Path, count: int = 8
+) -> Path:
+    """Images: ``count`` training images (top row) over ``count`` model samples (bottom row),
+    flat rows shown as their ``(C, H, W)`` shape (grey for one channel, RGB for three)."""
+    c, h, w = (int(v) for v in shape)
+    count = min(count, len(data), len(samples))
+    lo, hi = float(np.min(data)), float(np.max(data))
+    fig = Figure(figsize=(1.2 * count, 2.6))
+    for row, (rows, label) in enumerate(((data, "data"), (samples, "model"))):
+        for n in range(count):
+            ax = fig.add_subplot(2, count, row * count + n + 1)
+            image = np.clip(rows[n].reshape(c, h, w), lo, hi)
+            if c == 1:
+                ax.imshow(image[0], cmap="gray_r", vmin=lo, vmax=hi)
+            else:
+                ax.imshow(np.moveaxis((image - lo) / max(hi - lo, 1e-12), 0, -1))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if n == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.suptitle("model samples (bottom) vs data (top)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
 def _plain(value: Any) -> Any:
     """JSON/YAML-safe values (numpy scalars, paths, non-finite floats as None)."""
     if isinstance(value, dict):
@@ -143,8 +172,10 @@ def write_report(
     samples: np.ndarray,
     feature_names: Sequence[str],
     config: dict[str, Any],
+    image_shape: Sequence[int] | None = None,
 ) -> list[Path]:
-    """Write every report file into ``out_dir``; returns their paths."""
+    """Write every report file into ``out_dir``; returns their paths. With ``image_shape``
+    (image data), ``samples.png`` shows images rather than pairs of pixels."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / METRICS_FILE
@@ -157,5 +188,7 @@ def write_report(
         metrics_path,
         config_path,
         plot_loss_curve(history, out_dir / LOSS_CURVE_FILE, best_epoch),
-        plot_samples(data, samples, feature_names, out_dir / SAMPLES_FILE),
+        plot_samples(data, samples, feature_names, out_dir / SAMPLES_FILE)
+        if image_shape is None
+        else plot_image_samples(data, samples, image_shape, out_dir / SAMPLES_FILE),
     ]

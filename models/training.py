@@ -537,6 +537,7 @@ def export_trained(
             samples=flow.sample(min(2000, len(prepared.train)), seed=config.seed).numpy(),
             feature_names=prepared.feature_names,
             config=config_dict,
+            image_shape=flow.hparams.get("shape") if prepared.data_kind == "image" else None,
         )
         manifest = export_artifact(
             served_flow(flow),

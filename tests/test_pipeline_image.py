@@ -146,3 +146,14 @@ def test_pixels_off_the_integer_levels_are_refused(client: TestClient, pixel: fl
     assert r.status_code == 422
     err = r.json()["error"]
     assert err["rows"] == [2] and "not integers in [0, 16]" in err["message"]
+
+
+@pytest.mark.parametrize("name", ["glow", "realnvp"])
+def test_report_shows_images_not_pixel_pairs(root: Path, name: str) -> None:
+    from flowserve.models.report import _DPI
+
+    png = (root / name / "1" / "samples.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    # Two rows of eight images (data over samples), not a grid of pixel-pair scatter plots.
+    assert (width, height) == (round(1.2 * 8 * _DPI), round(2.6 * _DPI))
