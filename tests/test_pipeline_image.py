@@ -157,3 +157,14 @@ def test_report_shows_images_not_pixel_pairs(root: Path, name: str) -> None:
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     # Two rows of eight images (data over samples), not a grid of pixel-pair scatter plots.
     assert (width, height) == (round(1.2 * 8 * _DPI), round(2.6 * _DPI))
+
+
+def test_glow_trains_with_its_learned_prior_by_default(root: Path) -> None:
+    import yaml
+
+    flows = {
+        name: yaml.safe_load((root / name / "1" / "config.yaml").read_text())["flow"]
+        for name in ("glow", "realnvp")
+    }
+    assert flows["glow"]["learned_prior"] is True  # the family default, recorded with the model
+    assert flows["realnvp"].get("learned_prior", False) is False
