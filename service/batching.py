@@ -6,7 +6,8 @@ its first request has waited ``max_delay_s`` (0: take only what is already queue
 server adds no latency), and at most ``max_inflight`` batches run at once, so under load requests
 queue up and leave together. Requests at least ``max_batch_size`` rows long skip the queue, and so
 does a lone request (``max_delay_s`` 0, nothing queued or running, no other request this loop
-turn): it runs as it would with batching off, instead of a task and two loop turns later.
+turn, the last batch not a burst): it runs as it would with batching off, instead of a task and
+two loop turns later.
 
 :class:`InferenceEngine` is what routes call: ``await engine.forward(model, x)``,
 ``await engine.log_prob(model, x)`` and ``await engine.inverse(model, z)``; every call runs in a
@@ -93,6 +94,7 @@ class DynamicBatcher:
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._turn_mark = False  # a request took the idle fast path in this loop turn
+        self._bursting = False  # the last merged batch held more than one request
         self._alone = 0  # idle-path requests waiting on a worker thread
 
     async def submit(self, model: FlowModel, rows: np.ndarray) -> Outputs:
@@ -125,10 +127,12 @@ class DynamicBatcher:
         return await item.future
 
     def _idle(self) -> bool:
-        """Nothing queued, running or arrived this loop turn, and no delay asked for."""
+        """Nothing queued, running or arrived this loop turn, the last batch not a burst, and
+        no delay asked for."""
         return (
             self.max_delay_s == 0
             and not self._turn_mark
+            and not self._bursting
             and not self._pending
             and self._dispatcher is None
             and not self._running
@@ -168,6 +172,9 @@ class DynamicBatcher:
                             await asyncio.wait_for(self._full.wait(), wait)
                 await self._slots.acquire()
                 batch = self._take()
+                # Under load every turn brings a burst: let the next turn's first request queue
+                # too (one graph call per turn, not two). A batch of one means the load is gone.
+                self._bursting = len(batch) > 1
                 if batch and self._runs_inline(batch):
                     await self._run(batch)  # no await inside: no task, no extra loop turn
                 elif batch:

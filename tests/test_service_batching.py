@@ -62,6 +62,16 @@ def test_large_requests_bypass_and_errors_propagate():
     asyncio.run(main())
 
 
+def _without_waiting(coro):
+    """Run ``coro`` to its end if it never suspends; None if it waits (on a queue, say)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    return None
+
+
 def test_lone_request_skips_the_queue_and_a_burst_still_merges():
     model = CountingModel()
     batches: list[tuple[int, int]] = []
@@ -76,9 +86,9 @@ def test_lone_request_skips_the_queue_and_a_burst_still_merges():
         )
         x = np.arange(6, dtype=np.float32).reshape(3, 2)
         for _ in range(3):  # one at a time: each runs at once, none waits on the dispatcher
-            z, _ = await batcher.submit(model, x)
+            z, _ = _without_waiting(batcher.submit(model, x))
             np.testing.assert_array_equal(z, 2 * x)
-            assert batcher._dispatcher is None and not batcher._pending
+            await asyncio.sleep(0)  # the next request comes on a later loop turn
         assert model.calls == [3, 3, 3] and batches == [(3, 1)] * 3
         # Ten requests in one loop turn (as a loaded server parses them): the first runs alone,
         # the other nine arrive in the same turn and leave as one merged batch.
@@ -88,11 +98,21 @@ def test_lone_request_skips_the_queue_and_a_burst_still_merges():
         for i, (z, _) in enumerate(results):
             np.testing.assert_array_equal(z, np.full((1, 2), 2.0 * i))
         assert model.calls == [1, 9]
-        # After the burst, a lone request takes the short path again.
+        # Right after a burst the load is likely to go on: the next turn's requests all queue
+        # and leave together (one graph call for the turn).
         await asyncio.sleep(0)
         model.calls.clear()
-        await batcher.submit(model, xs[0])
-        assert model.calls == [1] and batcher._dispatcher is None
+        await asyncio.gather(*(batcher.submit(model, x) for x in xs[:4]))
+        assert model.calls == [4]
+        # A batch of one says the burst is over; after it, lone requests go straight through.
+        model.calls.clear()
+        assert _without_waiting(batcher.submit(model, xs[0])) is None  # still queues, alone
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        for x in xs[:2]:
+            assert _without_waiting(batcher.submit(model, x)) is not None  # straight through
+            await asyncio.sleep(0)
+        assert model.calls == [1, 1, 1]
 
     asyncio.run(main())
 
