@@ -19,7 +19,7 @@ from .docs_offline import install_offline_docs
 from .drain import draining_on_sigterm
 from .errors import install_error_handlers
 from .fast_lane import FastLane
-from .kserve_v2 import kserve_v2_router
+from .kserve_v2 import fast_lane_routes, kserve_v2_router
 from .limits import BodySizeLimit, InFlightLimit
 from .metrics import ServiceMetrics
 from .openapi import openapi_document
@@ -109,18 +109,17 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.state.flowserve = state
     install_error_handlers(app, on_error=metrics.error)
-    functions = {
-        prefix: route_functions(resolver)
-        for prefix, resolver in (("", _default), ("named", _named), ("versioned", _versioned))
+    # The model endpoints under their three prefixes: each route function is made once, and
+    # both FastAPI's router and the fast lane call it.
+    prefixes = {
+        "": (_default, "default model"),
+        "/models/{name}": (_named, "named model"),
+        "/models/{name}/versions/{version}": (_versioned, "versioned model"),
     }
+    functions = {prefix: route_functions(resolver) for prefix, (resolver, _) in prefixes.items()}
     if settings.fast_lane:  # innermost: inside the limits and request IDs, before FastAPI
-        app.add_middleware(
-            FastLane,
-            fastapi_app=app,
-            default=functions[""],
-            named=functions["named"],
-            versioned=functions["versioned"],
-        )
+        lane = {f"{p}/{name}": fn for p, fns in functions.items() for name, fn in fns.items()}
+        app.add_middleware(FastLane, fastapi_app=app, routes={**lane, **fast_lane_routes()})
     app.add_middleware(
         BodySizeLimit, max_body_bytes=settings.max_body_bytes, on_reject=metrics.error
     )
@@ -132,13 +131,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     if settings.tracing:  # outermost: the span covers everything the server does
         install_tracing(app)
     # Most-called routes first: Starlette matches routes in order, and matching is per request.
-    app.include_router(prediction_router(functions[""], "", "default model"))
-    app.include_router(prediction_router(functions["named"], "/models/{name}", "named model"))
-    app.include_router(
-        prediction_router(
-            functions["versioned"], "/models/{name}/versions/{version}", "versioned model"
-        )
-    )
+    for prefix, (_, tag) in prefixes.items():
+        app.include_router(prediction_router(functions[prefix], prefix, tag))
     app.include_router(health_router)
     app.include_router(models_router)
     app.include_router(admin_router)

@@ -61,7 +61,7 @@ from .state import ServiceState, get_state, require_api_key
 from .v2_schemas import V2Error, V2InferenceResponse
 from .v2_tensors import V2Body
 
-__all__ = ["EXTENSIONS", "OUTPUTS", "V2Route", "kserve_v2_router"]
+__all__ = ["EXTENSIONS", "OUTPUTS", "V2Route", "fast_lane_routes", "kserve_v2_router", "v2_errors"]
 
 INPUT_NAME = "x"
 # output name -> (datatype, True when the tensor is [N, dim] rather than [N])
@@ -87,28 +87,41 @@ def _v2_error(status: int, message: str, headers: dict[str, str] | None = None) 
     return response
 
 
+def v2_errors(
+    handler: Callable[..., Coroutine[Any, Any, Response]],
+) -> Callable[..., Coroutine[Any, Any, Response]]:
+    """``handler`` with its errors (including auth and model resolution) in the V2 shape
+    ``{"error": "..."}`` instead of the service's ``{"error": {"code", "message"}}``: what
+    :class:`V2Route` runs, and what the fast lane calls for ``/v2/.../infer``."""
+
+    async def v2_handler(request: Request, *args: Any, **kwargs: Any) -> Response:
+        try:
+            return await handler(request, *args, **kwargs)
+        except ApiError as e:
+            _count_error(request, e.code)
+            auth = {"WWW-Authenticate": "Bearer"} if e.status_code == 401 else None
+            return _v2_error(e.status_code, e.message, auth)
+        except RequestValidationError as e:
+            err = from_validation_errors(e.errors())
+            _count_error(request, err.code)
+            return _v2_error(err.status_code, err.message)
+        except StarletteHTTPException as e:
+            return _v2_error(e.status_code, str(e.detail), dict(e.headers or {}))
+
+    return v2_handler
+
+
 class V2Route(APIRoute):
-    """A route whose errors (including auth and model resolution) use the V2 error shape
-    ``{"error": "..."}`` instead of the service's ``{"error": {"code", "message"}}``."""
+    """A route whose errors use the V2 error shape (:func:`v2_errors`)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+        return v2_errors(super().get_route_handler())
 
-        async def v2_handler(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ApiError as e:
-                _count_error(request, e.code)
-                auth = {"WWW-Authenticate": "Bearer"} if e.status_code == 401 else None
-                return _v2_error(e.status_code, e.message, auth)
-            except RequestValidationError as e:
-                err = from_validation_errors(e.errors())
-                _count_error(request, err.code)
-                return _v2_error(err.status_code, err.message)
-            except StarletteHTTPException as e:
-                return _v2_error(e.status_code, str(e.detail), dict(e.headers or {}))
 
-        return v2_handler
+def fast_lane_routes() -> dict[str, Callable[..., Coroutine[Any, Any, Response]]]:
+    """Path template -> route function of the V2 routes the fast lane answers (inference)."""
+    answer = v2_errors(infer)
+    return {"/v2/models/{name}/infer": answer, "/v2/models/{name}/versions/{version}/infer": answer}
 
 
 def _count_error(request: Request, code: str) -> None:

@@ -3,6 +3,7 @@ and headers for good requests and bad ones, on every prefix, with and without AP
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,41 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/log_prob", {"content": npy_bytes(np.array([ROW], np.float32)), "headers": NPY}),
     ("POST", "/log_prob", {"content": b"\x93NUMPY garbage", "headers": NPY}),
 ]
+PREFIXES = ("", "/models/{name}", "/models/{name}/versions/{version}")
+V2_X = {"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [ROW, FAR]}
+_RAW = np.array([ROW], np.float32).tobytes()
+_V2_HEAD = json.dumps(
+    {
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [1, 3],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": len(_RAW)},
+            }
+        ],
+        "outputs": [{"name": "log_prob", "parameters": {"binary_data": True}}, {"name": "z"}],
+    }
+).encode()
+V2_BINARY = {
+    "content": _V2_HEAD + _RAW,
+    "headers": {"Inference-Header-Content-Length": str(len(_V2_HEAD))},
+}
+CASES += [
+    ("POST", "/v2/models/toy/infer", {"json": {"inputs": [V2_X]}}),
+    ("POST", "/v2/models/toy/versions/1/infer", {"json": {"inputs": [V2_X], "id": "r1"}}),
+    ("POST", "/v2/models/toy/infer", V2_BINARY),
+    ("POST", "/v2/models/toy/infer", {"json": {"inputs": [{**V2_X, "shape": [3, 2]}]}}),
+    ("POST", "/v2/models/toy/infer", {"json": {"inputs": [V2_X], "parameters": {"fpr": 2}}}),
+    ("POST", "/v2/models/nope/infer", {"json": {"inputs": [V2_X]}}),
+    ("POST", "/v2/models/toy/versions/7/infer", {"json": {"inputs": [V2_X]}}),
+    ("POST", "/v2/models/toy/infer", {"content": b"[1, 2"}),
+    (
+        "POST",
+        "/v2/models/toy/infer",
+        {**V2_BINARY, "headers": {"Inference-Header-Content-Length": "x"}},
+    ),
+]
 KEPT_HEADERS = ("content-type", "x-flowserve-model", "x-flowserve-version", "www-authenticate")
 
 
@@ -94,15 +130,16 @@ def test_fast_lane_keeps_api_keys_and_metrics(toy_repo: tuple[Path, AffineFlow])
     assert 'flowserve_errors_total{code="unauthorized"} 2.0' in metrics
 
 
-def test_fast_lane_matches_exactly_the_model_endpoints() -> None:
+def test_fast_lane_matches_exactly_its_routes() -> None:
     names = [ep.name for ep in ENDPOINTS]
-    table = {name: (lambda name=name: name) for name in names}
-    lane = FastLane(None, fastapi_app=None, default=table, named=table, versioned=table)  # type: ignore[arg-type]
+    fns = {name: (lambda name=name: name) for name in names}
+    routes = {f"{prefix}/{name}": fns[name] for prefix in PREFIXES for name in names}
+    lane = FastLane(None, fastapi_app=None, routes=routes)  # type: ignore[arg-type]
     for name in names:
-        assert lane.match(f"/{name}") == (table[name], {})
-        assert lane.match(f"/models/m/{name}") == (table[name], {"name": "m"})
+        assert lane.match(f"/{name}") == (fns[name], {})
+        assert lane.match(f"/models/m/{name}") == (fns[name], {"name": "m"})
         assert lane.match(f"/models/m/versions/3/{name}") == (
-            table[name],
+            fns[name],
             {"name": "m", "version": "3"},
         )
     for other in (
@@ -113,6 +150,7 @@ def test_fast_lane_matches_exactly_the_model_endpoints() -> None:
         "/models//log_prob",
         "/models/m/versions//log_prob",
         "/models/m/v/3/log_prob",
+        "/models/versions/3/log_prob",
         "/log_prob/",
         "/v2/models/m/infer",
         "/models/m/log_prob/x",
@@ -134,11 +172,12 @@ def test_fast_lane_skips_fastapi_routing(
     monkeypatch.setattr(Router, "__call__", spy)
     for lane, expected in (
         (True, ["/score", "/healthz"]),
-        (False, ["/log_prob", "/score", "/healthz"]),
+        (False, ["/log_prob", "/score", "/v2/models/toy/infer", "/healthz"]),
     ):
         routed.clear()
         with service_client(toy_repo[0], fast_lane=lane) as client:
             assert client.post("/log_prob", json={"inputs": [ROW]}).status_code == 200
             assert client.post("/score?fpr=0.2", json={"inputs": [ROW]}).status_code == 200
+            assert client.post("/v2/models/toy/infer", json={"inputs": [V2_X]}).status_code == 200
             assert client.get("/healthz").status_code == 200
         assert routed == expected
