@@ -29,8 +29,8 @@ __all__ = [
     "LOSS_CURVE_FILE",
     "METRICS_FILE",
     "SAMPLES_FILE",
-    "plot_loss_curve",
     "plot_image_samples",
+    "plot_loss_curve",
     "plot_samples",
     "write_report",
 ]
