@@ -72,7 +72,7 @@ class FastLane:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = None
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope["query_string"]:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("query_string"):
             target = self.match(scope["path"])
         if target is None:
             await self.app(scope, receive, send)
