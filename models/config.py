@@ -120,6 +120,8 @@ class TrainConfig(BaseModel):
     # wall-clock seconds for everything before export
     time_budget: float | None = Field(None, gt=0)
     threads: Positive = 1  # torch intra-op threads while training (small flows: 1 is fastest)
+    # image families: uniform noise, or a noise model q(u | x) learned with the flow
+    dequantization: Literal["uniform", "variational"] = "uniform"
     calibration: Calibration = "auto"  # flowserve.models.calibrate
     calibration_folds: int = Field(5, ge=2)
     max_rows: int | None = None

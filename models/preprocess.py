@@ -9,9 +9,10 @@ real-valued columns), and the kind decides the flow's ``preprocess``:
 - ``unit_vector``: :class:`OnUnitSphere`: rows off the unit sphere by more than the tolerance
   get ``log_prob = -inf`` (zero density w.r.t. the sphere's area), instead of being projected
   silently.
-- ``image``: :class:`Dequantize`: in training, ``v = x + u - 1/2`` with ``u ~ U[0, 1)^D``, so the
-  model is trained on a valid dequantized bound; evaluation mode and the served graphs (exported
-  with it switched off) score integer rows at their cell centres.
+- ``image``: :class:`Dequantize`: in training, ``v = x + u - 1/2`` with ``u ~ U[0, 1)^D``
+  (uniform) or ``u ~ q(u | x)`` learned with the flow (variational), so the model is trained on a
+  valid dequantized bound; evaluation mode and the served graphs (exported with it switched off)
+  score integer rows at their cell centres.
 
 :func:`dequantized_nll` is the valid bound on the discrete negative log-likelihood (nats per row)
 that image metrics report as bits/dim.
@@ -83,43 +84,91 @@ class OnUnitSphere(Transform):
 
 
 class Dequantize(Transform):
-    """Centred uniform dequantization ``v = x + u - 1/2``, ``u ~ U[0, 1)^D`` (log-det 0, since
-    ``log q(u | x) = 0``), in training mode while ``enabled``; the identity otherwise (and
-    always in ``inverse``). Evaluation-mode scores are thus those of the served graphs (integer
-    rows at their cell centres: what calibration needs); :func:`dequantized_nll` is the bound.
+    """Centred dequantization ``v = x + u - 1/2`` with ``u`` in ``[0, 1)^D``, in training mode
+    (or while ``sampling``) and while ``enabled``; the identity otherwise (and always in
+    ``inverse``). Evaluation-mode scores are thus those of the served graphs (integer rows at
+    their cell centres: what calibration needs); :func:`dequantized_nll` is the bound.
 
-    ``log p(v)`` is then a one-sample lower bound on ``log P(x)``, the probability of the integer
-    row (Theis et al., 2016).
+    ``u ~ U[0, 1)^D`` (uniform, log-det 0) or, with ``noise``, ``u ~ q(u | x)`` learned jointly
+    with the flow (variational; log-det ``-log q(u | x)``). Either way ``log p(v) - log q(u | x)``,
+    the flow's log-likelihood of the row, is a one-sample lower bound on ``log P(x)``, the
+    probability of the integer row, and training maximizes it.
+
+    Arguments:
+        enabled: Whether rows are dequantized at all (off in the served copy).
+        noise: A :class:`~flowserve.models.image.VariationalDequantization` over ``shape``, or
+            None for uniform noise.
+        shape: The event shape ``noise`` takes (rows are flat pixels).
 
     References:
         | A note on the evaluation of generative models (Theis et al., 2016)
         | https://arxiv.org/abs/1511.01844
+        | Flow++: Improving Flow-Based Generative Models with Variational Dequantization and
+        | Architecture Design (Ho et al., 2019)
+        | https://arxiv.org/abs/1902.00275
     """
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        enabled: bool = True,
+        noise: torch.nn.Module | None = None,
+        shape: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
+        if (noise is None) != (shape is None):
+            raise ValueError("variational dequantization needs both noise and its event shape")
         self.enabled = bool(enabled)
+        self.sampling = False  # dequantize in evaluation mode too (for the bound)
+        self.noise = noise
+        self.shape = None if shape is None else tuple(int(v) for v in shape)
+
+    @property
+    def kind(self) -> str:
+        """``uniform`` or ``variational``, as the manifest records it."""
+        return "uniform" if self.noise is None else "variational"
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.enabled and self.training:
-            x = x + (torch.rand_like(x) - 0.5)
-        return x, x.new_zeros(x.shape[0])
+        if not (self.enabled and (self.training or self.sampling)):
+            return x, x.new_zeros(x.shape[0])
+        if self.noise is None:
+            return x + (torch.rand_like(x) - 0.5), x.new_zeros(x.shape[0])
+        assert self.shape is not None
+        v, log_q = self.noise(x.reshape(-1, *self.shape))  # v = x + u, u in (0, 1)
+        return v.reshape(x.shape) - 0.5, -log_q
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         return z, z.new_zeros(z.shape[0])
 
 
 def preprocess_for(
-    kind: DataKind, mean: np.ndarray | None = None, scale: np.ndarray | None = None
+    kind: DataKind,
+    mean: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+    *,
+    dequantization: str = "uniform",
+    shape: Any = None,
+    num_values: int | None = None,
 ) -> Transform | None:
-    """The flow's ``preprocess`` for data of ``kind`` (``mean``/``scale`` for ``real``)."""
+    """The flow's ``preprocess`` for data of ``kind`` (``mean``/``scale`` for ``real``; for
+    ``image``, ``dequantization`` ``uniform`` or ``variational``, the latter over the image
+    ``shape`` with ``num_values`` levels)."""
     if kind == "real":
         assert mean is not None and scale is not None, "real data needs its standardization"
         return Standardize(torch.from_numpy(mean), torch.from_numpy(scale))
     if kind == "unit_vector":
         return OnUnitSphere()
     if kind == "image":
-        return Dequantize()
+        if dequantization == "uniform":
+            return Dequantize()
+        if dequantization != "variational":
+            raise ValueError(
+                f"dequantization must be uniform or variational, got {dequantization!r}"
+            )
+        from flowserve.models.image import VariationalDequantization
+
+        assert shape is not None and num_values is not None, "variational needs shape and levels"
+        event = tuple(int(v) for v in shape)
+        return Dequantize(noise=VariationalDequantization(event, num_values), shape=event)
     return None
 
 
@@ -137,12 +186,13 @@ def manifest_preprocessing(
     mean: np.ndarray | None = None,
     scale: np.ndarray | None = None,
     num_values: int | None = None,
+    dequantization: str = "uniform",
 ) -> Preprocessing:
     """The manifest's :class:`~flowserve.artifact.Preprocessing` for data of ``kind``."""
     return Preprocessing(
         standardize_mean=None if mean is None else mean.tolist(),
         standardize_scale=None if scale is None else scale.tolist(),
-        dequantization="uniform" if kind == "image" else None,
+        dequantization=dequantization if kind == "image" else None,  # type: ignore[arg-type]
         nan_policy=nan_policy,
         data_kind=kind,
         manifold_tolerance=UNIT_NORM_TOLERANCE if kind == "unit_vector" else None,
@@ -169,6 +219,22 @@ def dequantized_nll(
 ) -> float:
     """``-E_u log p(x + u - 1/2)`` averaged over rows and ``draws`` seeded noise draws: an upper
     bound (up to Monte Carlo error) on the discrete NLL ``-log P(x)``, nats per row."""
+    pre = flow.preprocess
+    if isinstance(pre, Dequantize) and pre.noise is not None:
+        # Variational: the flow's own log-likelihood with u drawn from q is the bound
+        # (log p(v) - log q(u | x)); seeded, and the caller's generator left as it was.
+        bound = copy.deepcopy(flow).eval().cpu()
+        assert isinstance(bound.preprocess, Dequantize)
+        bound.preprocess.enabled, bound.preprocess.sampling = True, True
+        total = 0.0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for start in range(0, len(rows), batch):
+                chunk = np.ascontiguousarray(rows[start : start + batch], dtype=np.float32)
+                x = torch.from_numpy(chunk)
+                for _ in range(draws):
+                    total += float(-bound.log_prob(x).double().sum())
+        return total / max(len(rows) * draws, 1)
     served = served_flow(flow).eval().cpu()
     gen = torch.Generator().manual_seed(seed)
     total = 0.0

@@ -92,6 +92,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "models (cross-fit), or auto (default: split when the test split has >= 500 rows)",
     )
     parser.add_argument(
+        "--dequantization",
+        choices=["uniform", "variational"],
+        help="image families: uniform noise in each integer cell (default), or a noise model "
+        "learned with the flow, which tightens the reported bits/dim bound",
+    )
+    parser.add_argument(
         "--nan-policy",
         choices=["drop", "error"],
         help="rows with NaN/Inf: drop them with a warning (default) or fail",
@@ -116,7 +122,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     from flowserve.models.config import parse_param
 
     values: dict[str, Any] = {key: getattr(args, key) for key in _CONFIG_FLAGS}
-    for key in ("scheduler", "nan_policy", "accelerator", "devices", "strategy", "calibration"):
+    for key in (
+        "scheduler",
+        "nan_policy",
+        "accelerator",
+        "devices",
+        "strategy",
+        "calibration",
+        "dequantization",
+    ):
         values[key] = getattr(args, key)
     if values["devices"] is not None and values["devices"].isdigit():
         values["devices"] = int(values["devices"])

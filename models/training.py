@@ -285,7 +285,15 @@ def build_model(config: TrainConfig, prepared: PreparedData) -> Flow:
         raise ConfigError(f"family {config.family!r} does not accept these options: {e}") from e
     except ValueError as e:  # e.g. a coupling family on 1-D data
         raise ConfigError(f"cannot build {config.family!r} for {prepared.dim} features: {e}") from e
-    return flow.set_preprocess(preprocess_for(kind, prepared.mean, prepared.scale))
+    pre = preprocess_for(
+        kind,
+        prepared.mean,
+        prepared.scale,
+        dequantization=config.dequantization,
+        shape=hparams.get("shape"),
+        num_values=hparams.get("num_values"),
+    )
+    return flow.set_preprocess(pre)
 
 
 def data_dependent_init(flow: Flow, train: np.ndarray) -> None:
@@ -561,6 +569,7 @@ def export_trained(
                 prepared.mean,
                 prepared.scale,
                 prepared.num_values,
+                dequantization=getattr(flow.preprocess, "kind", "uniform"),
             ),
             training_config=config_dict,
             torchscript=torchscript,

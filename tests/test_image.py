@@ -220,3 +220,35 @@ def test_learned_prior_conditions_the_factored_out_half_on_the_kept_half() -> No
     steps = prior.transform.transforms[-1].top.steps.transforms
     assert isinstance(steps[-1], ConvAffineCoupling)
     assert steps[-1].kept.tolist() == [2, 3]  # conditioned on the channels the next level keeps
+
+
+def test_variational_dequantize_is_a_valid_bound_on_every_cell() -> None:
+    # A tiny image space (2x2 pixels, 2 levels: 16 integer images) where log P(x) is computable:
+    # P(x) = E_{u ~ U[0,1)^4} p(x + u - 1/2). The variational bound E_q[log p(v) - log q(u|x)]
+    # must stay below it (Jensen); a wrong sign on log q would put it above.
+    from flowserve.models.preprocess import Dequantize, dequantized_nll, served_flow
+
+    torch.manual_seed(0)
+    shape = (1, 2, 2)
+    flow = build_flow(
+        "glow_image", shape=shape, levels=1, steps=1, hidden=4, num_values=2, flat=True
+    )
+    randomize(flow, seed=3, scale=0.3)
+    noise = VariationalDequantization(shape, num_values=2, hidden=4)
+    randomize(noise, seed=4, scale=0.3)
+    flow.set_preprocess(Dequantize(noise=noise, shape=shape)).eval()
+    cells = torch.cartesian_prod(*[torch.arange(2.0)] * 4)  # [16, 4]
+    served = served_flow(flow)
+    u = torch.rand(40000, 4, generator=torch.Generator().manual_seed(5)) - 0.5
+    with torch.no_grad():
+        log_p = torch.stack(
+            [torch.logsumexp(served.log_prob(c + u).double(), 0) - math.log(len(u)) for c in cells]
+        )
+    assert float(log_p.exp().sum()) <= 1.01  # the mass of the cube [-1/2, 3/2)^4, at most 1
+    for c, exact in zip(cells, log_p, strict=True):
+        rows = c.reshape(1, 4).numpy().repeat(64, axis=0)
+        assert -dequantized_nll(flow, rows, draws=8) <= float(exact) + 0.01
+    # In evaluation mode, as served, it scores the cell centres, with no log q.
+    with torch.no_grad():
+        assert torch.equal(flow.preprocess(cells)[0], cells)
+    assert flow.preprocess.kind == "variational" and Dequantize().kind == "uniform"
