@@ -14,7 +14,8 @@ Two methods (``--calibration``):
   is that of cross-conformal prediction: approximate (each fold model is close to, not the
   same as, the served model), exact only for ``split``.
 
-The fold models' cost is predicted by timing one epoch of their loop; under a time budget,
+The fold models' cost is predicted by timing one epoch of their loop (and planned at
+:data:`FOLD_COST_MARGIN` times that); under a time budget,
 ``K`` shrinks to fit what is left (down to 2), and below that the method falls back to
 ``split`` with a warning that states the attainable false-positive rate.
 """
@@ -36,6 +37,7 @@ from flowserve.models.config import TrainConfig
 from flowserve.models.data import PreparedData
 
 __all__ = [
+    "FOLD_COST_MARGIN",
     "SPLIT_MIN_ROWS",
     "CalibrationScores",
     "batched_log_prob",
@@ -59,6 +61,11 @@ class CalibrationScores:
     folds: int | None = None
 
 
+# Fold models are planned at this multiple of their probed cost: the probe times the faster of
+# two epochs, and a budget overrun costs more than one fold fewer.
+FOLD_COST_MARGIN = 1.3
+
+
 def choose_method(config: TrainConfig, prepared: PreparedData) -> str:
     """``config.calibration``, with ``auto`` resolved by the size of the test split."""
     if config.calibration != "auto":
@@ -80,10 +87,10 @@ def batched_log_prob(flow: Flow, rows: np.ndarray, batch: int = 4096) -> np.ndar
 
 
 def _fold_model(
-    flow: Flow, rows: np.ndarray, config: TrainConfig, lrs: list[float], seed: int
+    flow: Flow, rows: np.ndarray, config: TrainConfig, lrs: list[float], seed: int, batch: int
 ) -> Flow:
     """Train the freshly built ``flow`` on ``rows``, one epoch per learning rate in ``lrs``
-    (Adam, the run's batch size, weight decay and gradient clipping)."""
+    (Adam, the served model's ``batch`` size, weight decay and gradient clipping)."""
     from flowserve.models.training import data_dependent_init
 
     torch.manual_seed(seed)
@@ -91,7 +98,6 @@ def _fold_model(
     flow.train()
     opt = torch.optim.Adam(flow.parameters(), lr=lrs[0], weight_decay=config.weight_decay)
     x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
-    batch = config.batch_size_for(len(rows))
     gen = torch.Generator().manual_seed(seed)
     for lr in lrs:
         for group in opt.param_groups:
@@ -112,14 +118,14 @@ def _fold_model(
     return flow.eval()
 
 
-def _probe_epoch_seconds(flow: Flow, rows: np.ndarray, config: TrainConfig) -> float:
+def _probe_epoch_seconds(flow: Flow, rows: np.ndarray, config: TrainConfig, batch: int) -> float:
     """Seconds one epoch of :func:`_fold_model` takes on ``rows`` (the second of two, so that
     one-off costs do not count)."""
     started = time.perf_counter()
-    _fold_model(flow, rows, config, [config.lr], seed=0)
+    _fold_model(flow, rows, config, [config.lr], seed=0, batch=batch)
     first = time.perf_counter() - started
     started = time.perf_counter()
-    _fold_model(flow, rows, config, [config.lr], seed=0)
+    _fold_model(flow, rows, config, [config.lr], seed=0, batch=batch)
     return min(first, time.perf_counter() - started)
 
 
@@ -151,10 +157,16 @@ def calibration_scores(
     # K fold models each train on (K-1)/K of the rows for the same epochs, so K folds cost
     # (K-1) epochs of all rows per replayed epoch: time one epoch of the fold loop on a
     # throwaway model, then take the most folds (<= calibration_folds) that fit the time left.
-    epoch_seconds = _probe_epoch_seconds(build(), prepared.train, config)
+    # The served model's batch size, not one sized for a fold's fewer rows: the same recipe,
+    # and the same steps per row as the probe times (a fold sized its own batch at half the
+    # served one on 1,437 images, and its epochs ran at 2.6x the predicted cost).
+    batch = config.batch_size_for(n)
+    epoch_seconds = _probe_epoch_seconds(build(), prepared.train, config, batch)
     if seconds_left is not None and math.isfinite(seconds_left):
         left = seconds_left - 2 * epoch_seconds
-        while folds >= 2 and (folds - 1) * len(lrs) * epoch_seconds > left:
+        # The probe is the faster of two epochs on a quiet start; leave room for the rest.
+        cost = FOLD_COST_MARGIN * len(lrs) * epoch_seconds
+        while folds >= 2 and (folds - 1) * cost > left:
             folds -= 1
     if folds < 2 or n < 20:
         warnings.warn(
@@ -168,7 +180,9 @@ def calibration_scores(
     oof = np.empty(n, dtype=np.float64)
     for k, held in enumerate(np.array_split(order, folds)):
         keep = np.setdiff1d(order, held)
-        model = _fold_model(build(), prepared.train[keep], config, lrs, config.seed + 100 + k)
+        model = _fold_model(
+            build(), prepared.train[keep], config, lrs, config.seed + 100 + k, batch=batch
+        )
         oof[held] = batched_log_prob(model, prepared.train[held])
     test = batched_log_prob(flow, prepared.test)
     scores = np.concatenate([oof, test])

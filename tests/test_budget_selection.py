@@ -200,6 +200,30 @@ def test_small_tables_cross_fit_every_training_row(tmp_path: Path) -> None:
     assert cal.min_fpr == pytest.approx(1 / (rows + 1))
 
 
+def test_fold_models_train_with_the_served_models_batch_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The served recipe: a fold holds fewer rows, but its batch is the served model's, not one
+    # sized for the fold (which also made its epochs dearer than the cost probe predicted).
+    from flowserve.models import calibrate
+
+    batches: list[tuple[int, int]] = []
+    real = calibrate._fold_model
+
+    def spy(flow, rows, config, lrs, seed, batch):  # type: ignore[no-untyped-def]
+        batches.append((len(rows), batch))
+        return real(flow, rows, config, lrs, seed, batch=batch)
+
+    monkeypatch.setattr(calibrate, "_fold_model", spy)
+    result = train(moons(1200), family="maf", name="m", out=tmp_path, epochs=2, **SMALL)
+    assert result.manifest.calibration.method == "cross-fit"
+    served = result.config["batch_size"] or resolve_config({}, {"family": "maf"}).batch_size_for(
+        result.metrics["train_rows"]
+    )
+    folds = [b for rows, b in batches if rows < result.metrics["train_rows"]]
+    assert folds and set(folds) == {served}
+
+
 def test_split_calibration_uses_the_test_split(tmp_path: Path) -> None:
     result = train(
         moons(300), family="maf", name="m", out=tmp_path, epochs=3, calibration="split", **SMALL
