@@ -147,8 +147,9 @@ class ServiceSettings(BaseSettings):
     )
     fast_lane: bool = Field(
         True,
-        description="answer POST model endpoints without FastAPI's route matching (same route "
-        "functions, errors and OpenAPI; less work per request)",
+        description="answer POST inference routes (the model endpoints, V2 infer) without "
+        "FastAPI's route matching: the same route functions, errors and OpenAPI, less work per "
+        "request",
     )
     watch: bool = Field(False, description="poll the model root and load new or changed versions")
     watch_interval_s: float = Field(
