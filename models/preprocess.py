@@ -248,9 +248,16 @@ def dequantized_nll(
 
 def image_hparams(hparams: dict[str, Any], dim: int, num_values: int | None) -> dict[str, Any]:
     """An image family's options for flat rows of ``dim`` pixels: the shape (inferred unless
-    given), ``num_values`` (the data's unless given; never fewer) and ``flat=True``."""
+    given), ``levels`` (unless given, the most of 3, 2 and 1 that divide the height and width),
+    ``num_values`` (the data's unless given; never fewer) and ``flat=True``."""
     out = dict(hparams)
     out.setdefault("shape", image_shape(dim))
+    # As many scales as the image allows, up to 3 (Glow's on 32x32): on 8x8 digits 3 scales
+    # beat 2 by 0.04-0.05 bits/dim in two paired runs (benchmarks/README).
+    shape = out["shape"]
+    if "levels" not in out and isinstance(shape, list | tuple) and len(shape) == 3:
+        h, w = int(shape[1]), int(shape[2])  # a malformed shape is the builder's to refuse
+        out["levels"] = next((k for k in (3, 2) if h % 2**k == 0 and w % 2**k == 0), 1)
     if num_values is not None:
         given = int(out.setdefault("num_values", num_values))
         if given < num_values:

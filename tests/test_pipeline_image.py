@@ -193,3 +193,15 @@ def test_variational_dequantization_through_the_cli(tmp_path: Path) -> None:
     test = prepare_data(x, data_kind="image", seed=0).test
     z, _ = model.forward(test)
     assert np.array_equal(np.rint(model.decode(z)), test)
+
+
+def test_image_flows_take_as_many_scales_as_the_image_allows(root: Path) -> None:
+    import yaml
+
+    from flowserve.models.preprocess import image_hparams
+
+    flow = yaml.safe_load((root / "glow" / "1" / "config.yaml").read_text())["flow"]
+    assert flow["levels"] == 3  # 8x8 digits: three squeezes down to 1x1
+    assert image_hparams({}, 28 * 28, 256)["levels"] == 2  # 28 is not divisible by 8
+    assert image_hparams({}, 6 * 6, 2)["levels"] == 1
+    assert image_hparams({"levels": 1}, 64, 17)["levels"] == 1  # given: kept
