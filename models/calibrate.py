@@ -159,7 +159,7 @@ def calibration_scores(
     # throwaway model, then take the most folds (<= calibration_folds) that fit the time left.
     # The served model's batch size, not one sized for a fold's fewer rows: the same recipe,
     # and the same steps per row as the probe times (a fold sized its own batch at half the
-    # served one on 1,437 images, and its epochs ran at 2.6x the predicted cost).
+    # served one on 1,437 images, and its epochs cost 1.37x what the probe predicted).
     batch = config.batch_size_for(n)
     epoch_seconds = _probe_epoch_seconds(build(), prepared.train, config, batch)
     if seconds_left is not None and math.isfinite(seconds_left):

@@ -219,30 +219,24 @@ def dequantized_nll(
 ) -> float:
     """``-E_u log p(x + u - 1/2)`` averaged over rows and ``draws`` seeded noise draws: an upper
     bound (up to Monte Carlo error) on the discrete NLL ``-log P(x)``, nats per row."""
-    pre = flow.preprocess
-    if isinstance(pre, Dequantize) and pre.noise is not None:
-        # Variational: the flow's own log-likelihood with u drawn from q is the bound
-        # (log p(v) - log q(u | x)); seeded, and the caller's generator left as it was.
-        bound = copy.deepcopy(flow).eval().cpu()
-        assert isinstance(bound.preprocess, Dequantize)
-        bound.preprocess.enabled, bound.preprocess.sampling = True, True
-        total = 0.0
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for start in range(0, len(rows), batch):
-                chunk = np.ascontiguousarray(rows[start : start + batch], dtype=np.float32)
-                x = torch.from_numpy(chunk)
-                for _ in range(draws):
-                    total += float(-bound.log_prob(x).double().sum())
-        return total / max(len(rows) * draws, 1)
-    served = served_flow(flow).eval().cpu()
-    gen = torch.Generator().manual_seed(seed)
+    # The flow's own log-likelihood with dequantization on in evaluation mode is the bound:
+    # log p(v) - log q(u | x), with log q = 0 for uniform noise. Seeded, and the caller's
+    # generator left as it was.
+    bound = copy.deepcopy(flow).eval().cpu()
+    if bound.preprocess is None:  # a bare image flow: uniform noise
+        bound.set_preprocess(Dequantize())
+    if not isinstance(bound.preprocess, Dequantize):
+        raise ValueError("dequantized_nll needs an image flow, whose preprocess dequantizes")
+    bound.preprocess.enabled, bound.preprocess.sampling = True, True
     total = 0.0
-    for start in range(0, len(rows), batch):
-        x = torch.from_numpy(np.ascontiguousarray(rows[start : start + batch], dtype=np.float32))
-        for _ in range(draws):
-            u = torch.rand(x.shape, generator=gen, dtype=x.dtype) - 0.5
-            total += float(-served.log_prob(x + u).double().sum())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, len(rows), batch):
+            x = torch.from_numpy(
+                np.ascontiguousarray(rows[start : start + batch], dtype=np.float32)
+            )
+            for _ in range(draws):
+                total += float(-bound.log_prob(x).double().sum())
     return total / max(len(rows) * draws, 1)
 
 

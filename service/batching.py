@@ -95,7 +95,7 @@ class DynamicBatcher:
         self._running: set[asyncio.Task[None]] = set()
         self._turn_mark = False  # a request took the idle fast path in this loop turn
         self._bursting = False  # the last merged batch held more than one request
-        self._alone = 0  # idle-path requests waiting on a worker thread
+        self._alone = 0  # idle-path requests in progress
 
     async def submit(self, model: FlowModel, rows: np.ndarray) -> Outputs:
         """The graph's outputs for ``rows`` (computed alone or within a merged batch)."""
@@ -108,13 +108,9 @@ class DynamicBatcher:
             # same turn, a burst under load, to the queue, where they merge.
             self._turn_mark = True
             loop.call_soon(self._clear_turn_mark)
-            if self._runs_inline_rows(model, len(rows)):
-                if self._on_batch is not None:
-                    self._on_batch(len(rows), 1)
-                return self._call(model, rows)
             self._alone += 1
-            try:
-                return await self._run_alone(model, rows)
+            try:  # inline: no await inside, so no loop turn either
+                return await self._run_alone(model, rows, self._runs_inline_rows(model, len(rows)))
             finally:
                 self._alone -= 1
         item = _Item(model, rows, loop.create_future(), loop.time())
@@ -133,8 +129,7 @@ class DynamicBatcher:
             self.max_delay_s == 0
             and not self._turn_mark
             and not self._bursting
-            and not self._pending
-            and self._dispatcher is None
+            and self._dispatcher is None  # (queued requests always have a dispatcher)
             and not self._running
             and self._alone == 0
         )
@@ -142,9 +137,11 @@ class DynamicBatcher:
     def _clear_turn_mark(self) -> None:
         self._turn_mark = False
 
-    async def _run_alone(self, model: FlowModel, rows: np.ndarray) -> Outputs:
+    async def _run_alone(self, model: FlowModel, rows: np.ndarray, inline: bool = False) -> Outputs:
         if self._on_batch is not None:
             self._on_batch(len(rows), 1)
+        if inline:
+            return self._call(model, rows)
         return await anyio.to_thread.run_sync(self._call, model, rows, limiter=self._limiter)
 
     def _take(self) -> list[_Item]:
