@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 
 __all__ = [
     "CONFIG_FILE",
+    "IMAGE_SAMPLES",
     "LOSS_CURVE_FILE",
     "METRICS_FILE",
     "SAMPLES_FILE",
@@ -39,6 +40,7 @@ METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 LOSS_CURVE_FILE = "loss_curve.png"
 SAMPLES_FILE = "samples.png"
+IMAGE_SAMPLES = 8  # model samples an image model's report shows
 MAX_PAIR_FEATURES = 4
 _DPI = 80
 # No software/date metadata: the same run gives byte-identical figures.
@@ -121,7 +123,11 @@ def plot_samples(
 
 
 def plot_image_samples(
-    data: np.ndarray, samples: np.ndarray, shape: Sequence[int], path: Path, count: int = 8
+    data: np.ndarray,
+    samples: np.ndarray,
+    shape: Sequence[int],
+    path: Path,
+    count: int = IMAGE_SAMPLES,
 ) -> Path:
     """Images: ``count`` training images (top row) over ``count`` model samples (bottom row),
     flat rows shown as their ``(C, H, W)`` shape (grey for one channel, RGB for three)."""

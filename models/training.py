@@ -71,7 +71,7 @@ from flowserve.models.preprocess import (
     preprocess_for,
     served_flow,
 )
-from flowserve.models.report import write_report
+from flowserve.models.report import IMAGE_SAMPLES, write_report
 
 __all__ = [
     "FitResult",
@@ -536,16 +536,19 @@ def export_trained(
         if leaderboard:
             config_dict["selection"] = {"method": "successive-halving", "leaderboard": leaderboard}
         calibration = calibration or CalibrationScores(None, "split")
+        image_shape = flow.hparams.get("shape") if prepared.data_kind == "image" else None
+        # The report draws IMAGE_SAMPLES images, or scatters up to 2,000 rows: sample only that.
+        shown = IMAGE_SAMPLES if image_shape is not None else 2000
         write_report(
             staging,
             metrics=metrics,
             history=fit.history,
             best_epoch=fit.best_epoch,
             data=prepared.train,
-            samples=flow.sample(min(2000, len(prepared.train)), seed=config.seed).numpy(),
+            samples=flow.sample(min(shown, len(prepared.train)), seed=config.seed).numpy(),
             feature_names=prepared.feature_names,
             config=config_dict,
-            image_shape=flow.hparams.get("shape") if prepared.data_kind == "image" else None,
+            image_shape=image_shape,
         )
         manifest = export_artifact(
             served_flow(flow),
