@@ -10,6 +10,9 @@ preprocessing and its log-determinant live inside the graphs):
 - ``forward.onnx``: input ``x`` ``[batch, dim]`` -> outputs ``z`` ``[batch, dim]`` and
   ``log_prob`` ``[batch]`` (log-density of the raw row, in nats).
 - ``inverse.onnx``: input ``z`` ``[batch, dim]`` -> output ``x`` ``[batch, dim]``.
+- ``score.onnx`` (cross-fitted calibration only, ``graphs["score"]``): input ``x`` -> outputs
+  ``log_prob`` ``[batch]`` (the served model's) and ``fold_log_prob`` ``[batch, folds]`` (the
+  fold models', for cross-conformal p-values: :class:`CrossFitScores`).
 
 Sampling is base noise (see :class:`BaseSpec`) pushed through ``inverse.onnx``.
 
@@ -50,11 +53,13 @@ __all__ = [
     "MAX_STORED_SCORES",
     "SCHEMA_MINOR",
     "SCHEMA_VERSION",
+    "SCORE_GRAPH",
     "TORCHSCRIPT_FILE",
     "UNIT_NORM_TOLERANCE",
     "ArtifactError",
     "BaseSpec",
     "Calibration",
+    "CrossFitScores",
     "DataKind",
     "Manifest",
     "Metrics",
@@ -62,6 +67,7 @@ __all__ = [
     "Preprocessing",
     "calibration_levels",
     "load_manifest",
+    "needed_minor",
     "next_version",
     "roundtrip_error",
     "sha256_file",
@@ -75,12 +81,15 @@ log = logging.getLogger(__name__)
 # Manifest schema version (ADR 0003): a reader reads its own major only, and any minor of it; a
 # newer minor's fields it does not know are ignored with a warning. Writers write their own.
 SCHEMA_VERSION = 1  # the major
-SCHEMA_MINOR = 0
+SCHEMA_MINOR = 1  # 1 added calibration.cross_fit (cross-conformal p-values, a "score" graph)
 MANIFEST_FILE = "manifest.json"
 FORWARD_GRAPH = "forward.onnx"
 INVERSE_GRAPH = "inverse.onnx"
 # Optional: x -> per-feature chain-rule terms, for flows with an exact single-order factorization.
 CHAIN_RULE_GRAPH = "chain_rule.onnx"
+# x -> log_prob [batch] and fold_log_prob [batch, K]: the served model and the K fold models of
+# cross-fitted calibration in one graph, so /score makes one call (Calibration.cross_fit).
+SCORE_GRAPH = "score.onnx"
 TORCHSCRIPT_FILE = "model.pt"
 
 
@@ -219,6 +228,33 @@ MAX_STORED_SCORES = 10_000
 CalibrationMethod = Literal["holdout", "split", "cross-fit"]
 
 
+class CrossFitScores(_Strict):
+    """Cross-conformal calibration (Vovk 2015): each calibration row is scored by the one model
+    that never trained on it, and a new row by every such model.
+
+    ``served`` are the ascending anomaly scores of the test split under the served model;
+    ``folds[k]`` those of the rows fold model ``k`` left out, under fold model ``k``, which the
+    artifact's ``score`` graph serves as column ``k`` of ``fold_log_prob``. A new row's p-value
+    counts, in each group, the scores at least as large as the row's score under that group's
+    model (:meth:`Calibration.p_values`), so a row is always compared with rows scored by the
+    same model: a fold model trained on fewer rows no longer makes the flag conservative.
+    """
+
+    served: list[float]
+    folds: list[list[float]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> CrossFitScores:
+        for group in (self.served, *self.folds):
+            if np.any(np.diff(group) < 0):
+                raise ValueError("cross-fit scores must be in ascending order")
+        return self
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.served) + sum(len(f) for f in self.folds)
+
+
 class Calibration(_Strict):
     """Calibration of anomaly scoring: conformal p-values and thresholds with a finite-sample
     guarantee (see :mod:`flowserve.conformal`).
@@ -249,6 +285,11 @@ class Calibration(_Strict):
     scores: list[float] | None = Field(
         None, description="ascending calibration scores -log_prob (the largest, if truncated)"
     )
+    cross_fit: CrossFitScores | None = Field(
+        None,
+        description="cross-conformal groups (schema minor 1): p-values and flags compare each "
+        "row with the rows each model never trained on, under that model (graphs['score'])",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Calibration:
@@ -261,6 +302,10 @@ class Calibration(_Strict):
                 raise ValueError(f"{len(self.scores)} scores for n_rows {self.n_rows}")
             if np.any(np.diff(self.scores) < 0):
                 raise ValueError("calibration scores must be in ascending order")
+        if self.cross_fit is not None and self.cross_fit.n_rows != self.n_rows:
+            raise ValueError(
+                f"cross-fit groups hold {self.cross_fit.n_rows} scores for n_rows {self.n_rows}"
+            )
         return self
 
     @classmethod
@@ -304,6 +349,30 @@ class Calibration(_Strict):
         )
         return partial.model_copy(update={"threshold": partial.threshold_for(default_fpr)})
 
+    @classmethod
+    def cross_fitted(
+        cls, served: np.ndarray, folds: list[np.ndarray], default_fpr: float = 0.01
+    ) -> Calibration:
+        """Cross-conformal calibration from the served model's log-likelihoods of the test
+        split (``served``) and each fold model's of the rows it left out (``folds``).
+
+        The pooled scores give the percentiles, the drift reference and ``threshold``, which
+        is then indicative only: the flag is ``p_value <= fpr`` (see :class:`CrossFitScores`).
+        Rows whose log-likelihood is not finite are left out of their group.
+        """
+        groups = [np.asarray(g, dtype=np.float64).reshape(-1) for g in (served, *folds)]
+        groups = [g[np.isfinite(g)] for g in groups]
+        pooled = cls.from_log_probs(np.concatenate(groups), default_fpr, "cross-fit")
+        cross = CrossFitScores(
+            served=np.sort(-groups[0]).tolist(), folds=[np.sort(-g).tolist() for g in groups[1:]]
+        )
+        return pooled.model_copy(update={"cross_fit": cross})
+
+    @property
+    def folds(self) -> int | None:
+        """The number of fold models whose log-likelihoods the p-values need (cross-fit)."""
+        return None if self.cross_fit is None else len(self.cross_fit.folds)
+
     @property
     def min_fpr(self) -> float:
         """The smallest attainable false-positive rate, ``1/(n_rows + 1)``."""
@@ -338,13 +407,18 @@ class Calibration(_Strict):
             return -float(self.scores[len(self.scores) - k])
         return float(np.interp(fpr, self.levels, self.log_prob_quantiles))
 
-    def p_values(self, log_prob: np.ndarray) -> np.ndarray:
+    def p_values(self, log_prob: np.ndarray, fold_log_prob: np.ndarray | None = None) -> np.ndarray:
         """Conformal p-values ``(1 + #{calibration scores >= s}) / (n + 1)``, ``s = -log_prob``.
 
         Small p-values mean unlikely rows; NaN log-likelihoods get 0. Exact while fewer than
         ``len(scores)`` calibration scores are >= ``s`` (always, unless scores were truncated);
         otherwise, and for manifests without scores, read from the quantile grid.
+
+        A cross-fitted calibration needs ``fold_log_prob`` (``[N, folds]``, the score graph's):
+        each group's scores are compared with the row's score under that group's model.
         """
+        if self.cross_fit is not None:
+            return self._cross_fit_p_values(log_prob, fold_log_prob)
         lp = np.asarray(log_prob, dtype=np.float64)
         grid = (1.0 + self.n_rows * self._cdf(lp)) / (self.n_rows + 1.0)
         grid = np.where(np.isnan(lp), 0.0, grid)
@@ -355,6 +429,35 @@ class Calibration(_Strict):
             return exact
         floor = (1.0 + len(self.scores)) / (self.n_rows + 1.0)
         return np.where(exact < floor, exact, np.maximum(grid, floor))
+
+    def _cross_fit_p_values(
+        self, log_prob: np.ndarray, fold_log_prob: np.ndarray | None
+    ) -> np.ndarray:
+        cross = self.cross_fit
+        assert cross is not None
+        lp = np.asarray(log_prob, dtype=np.float64).reshape(-1)
+        if fold_log_prob is None:
+            raise ValueError("a cross-fitted calibration needs the fold models' log_prob")
+        folds = np.asarray(fold_log_prob, dtype=np.float64).reshape(len(lp), -1)
+        if folds.shape[1] != len(cross.folds):
+            raise ValueError(f"{folds.shape[1]} fold log_prob columns for {len(cross.folds)} folds")
+        at_least = np.zeros(len(lp))
+        for group, column in zip((cross.served, *cross.folds), (lp, *folds.T), strict=True):
+            scores = np.asarray(group, dtype=np.float64)
+            at_least += scores.size - np.searchsorted(scores, -column, side="left")
+        p = (1.0 + at_least) / (self.n_rows + 1.0)
+        return np.where(np.isnan(lp) | np.isnan(folds).any(axis=1), 0.0, p)
+
+    def flags(
+        self, log_prob: np.ndarray, fpr: float, fold_log_prob: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Whether each row is an anomaly at false-positive rate ``fpr``: its p-value is at most
+        ``fpr`` (for scores kept whole, the same as ``log_prob < threshold_for(fpr)``). NaN
+        log-likelihoods are anomalies. Raises ``ValueError`` below :attr:`min_fpr`."""
+        self.check_fpr(fpr)
+        if self.cross_fit is not None:
+            return self.p_values(log_prob, fold_log_prob) <= fpr + conformal.EPS
+        return ~(np.asarray(log_prob) >= self.threshold_for(fpr))
 
     def _cdf(self, log_prob: np.ndarray) -> np.ndarray:
         """Share of calibration rows whose log-likelihood is at most ``log_prob`` (interpolated)."""
@@ -410,7 +513,7 @@ class Manifest(_Strict):
 
     schema_version: int = Field(SCHEMA_VERSION, description="the major schema version")
     schema_minor: int = Field(
-        SCHEMA_MINOR, ge=0, description="the minor schema version (absent: 0, see ADR 0003)"
+        0, ge=0, description="the minor schema version (absent: 0; see ADR 0003, needed_minor)"
     )
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     version: int = Field(ge=1)
@@ -464,6 +567,8 @@ class Manifest(_Strict):
                 "chain_rule_order must be a permutation of the feature indices, with a "
                 "'chain_rule' graph"
             )
+        if self.calibration.cross_fit is not None and "score" not in self.graphs:
+            raise ValueError("a cross-fitted calibration needs a 'score' graph")
         named = [*self.graphs.values(), *self.files, *([self.torchscript] * bool(self.torchscript))]
         for rel in named:
             problem = _path_problem(rel)
@@ -554,14 +659,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def needed_minor(manifest: Manifest) -> int:
+    """The lowest schema minor that holds what ``manifest`` carries (at most ours): 1 for a
+    cross-fitted calibration, else 0, so every reader that can serve it reads it."""
+    return min(SCHEMA_MINOR, 1 if manifest.calibration.cross_fit is not None else 0)
+
+
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
-    """Write ``manifest.json`` at this writer's schema version (ADR 0003).
+    """Write ``manifest.json`` at the lowest schema version of this writer's that holds it
+    (:func:`needed_minor`, ADR 0003).
 
     What is written is validated strictly first: a field the schema does not know (a typo in the
     exporter) is an error here, never something a reader is left to ignore.
     """
     ours = manifest.model_copy(
-        update={"schema_version": SCHEMA_VERSION, "schema_minor": SCHEMA_MINOR}
+        update={"schema_version": SCHEMA_VERSION, "schema_minor": needed_minor(manifest)}
     )
     text = ours.model_dump_json(indent=2)
     Manifest.model_validate_json(text)

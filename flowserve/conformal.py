@@ -32,10 +32,10 @@ import math
 
 import numpy as np
 
-__all__ = ["benjamini_hochberg", "conformal_rank", "min_fpr", "p_values"]
+__all__ = ["EPS", "benjamini_hochberg", "conformal_rank", "min_fpr", "p_values"]
 
 # Guards floor(alpha * (n + 1)) against float rounding: 1/19 * 19 is 0.9999999999999999.
-_EPS = 1e-9
+EPS = 1e-9
 
 
 def min_fpr(n: int) -> float:
@@ -46,7 +46,7 @@ def min_fpr(n: int) -> float:
 def conformal_rank(fpr: float, n: int) -> int:
     """``k = floor(fpr * (n + 1))``: a row is flagged at rate ``fpr`` when its score exceeds the
     ``k``-th largest calibration score. 0 means ``fpr`` is below the attainable minimum."""
-    return min(math.floor(fpr * (n + 1) + _EPS), n)
+    return min(math.floor(fpr * (n + 1) + EPS), n)
 
 
 def p_values(sorted_scores: np.ndarray, n: int, scores: np.ndarray) -> np.ndarray:

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from flowserve.artifact import FORWARD_GRAPH, INVERSE_GRAPH
+from flowserve.artifact import FORWARD_GRAPH, INVERSE_GRAPH, SCORE_GRAPH
 
 __all__ = [
     "FORWARD",
     "INVERSE",
+    "SCORE",
     "GraphIO",
     "onnx_session",
     "run_batched",
@@ -44,6 +45,9 @@ class GraphIO:
 FORWARD = GraphIO(FORWARD_GRAPH, "x", ("z", "log_prob"))
 # inverse: flat latents z [batch, dim] -> flat raw rows x [batch, dim].
 INVERSE = GraphIO(INVERSE_GRAPH, "z", ("x",))
+# score (cross-fitted calibration only): x -> the served model's log_prob [batch] and each fold
+# model's, fold_log_prob [batch, folds] (see flowserve.artifact.CrossFitScores).
+SCORE = GraphIO(SCORE_GRAPH, "x", ("log_prob", "fold_log_prob"))
 
 
 def onnx_session(path: Path, intra_op_threads: int = 1, inter_op_threads: int = 1) -> Any:

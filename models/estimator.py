@@ -239,8 +239,11 @@ class FlowDensityEstimator:
         self.family_: str = model.config.family
         self.leaderboard_: list[dict[str, Any]] = model.leaderboard
         self.calibration_scores_ = calibration
-        self.calibration_: Calibration = Calibration.from_log_probs(
-            lp, default_fpr=max(self.fpr, 1.0 / (len(lp) + 1)), method=calibration.method
+        default_fpr = max(self.fpr, 1.0 / (len(lp) + 1))
+        self.calibration_: Calibration = (
+            calibration.cross_fitted(len(prepared.test), default_fpr)
+            if calibration.fold_models
+            else Calibration.from_log_probs(lp, default_fpr, method=calibration.method)
         )
         self.history_ = fit.history
         self.n_features_in_ = prepared.dim
@@ -249,7 +252,9 @@ class FlowDensityEstimator:
 
     @property
     def threshold_(self) -> float:
-        """The :meth:`decision_function` value above which :meth:`predict` flags a row."""
+        """The :meth:`decision_function` value above which :meth:`predict` flags a row (for a
+        cross-fitted calibration, indicative: :meth:`predict` uses cross-conformal p-values,
+        which also score each row under the fold models)."""
         return -self._calibration().threshold_for(self._fpr(None))
 
     def _check_fitted(self) -> Flow:
@@ -297,8 +302,19 @@ class FlowDensityEstimator:
         return -self.score_samples(X)
 
     def p_values(self, X: np.ndarray | pd.DataFrame) -> np.ndarray:
-        """Conformal p-value of each row: ``(1 + #{calibration scores >= score}) / (n + 1)``."""
-        return self._calibration().p_values(self.score_samples(X))
+        """Conformal p-value of each row: ``(1 + #{calibration scores >= score}) / (n + 1)``
+        (cross-conformal for a cross-fitted calibration: see
+        :class:`~flowserve.artifact.CrossFitScores`)."""
+        cal = self._calibration()
+        if cal.cross_fit is None:
+            return cal.p_values(self.score_samples(X))
+        rows = self._rows(X)
+        with preserved_global_state(threads=self.n_threads):
+            folds = self.calibration_scores_.fold_log_prob(rows)
+        assert folds is not None
+        bad = ~np.isfinite(rows).all(axis=1)
+        folds[bad] = np.nan
+        return cal.p_values(self.score_samples(X), folds)
 
     def predict(self, X: np.ndarray | pd.DataFrame, fpr: float | None = None) -> np.ndarray:
         """1 for anomalies, 0 for normal rows, at the false-positive rate ``fpr`` (default: the

@@ -31,6 +31,7 @@ import io
 import logging
 import math
 import warnings
+from collections.abc import Sequence
 from contextlib import redirect_stderr, redirect_stdout, suppress
 from dataclasses import dataclass
 from importlib import metadata
@@ -57,11 +58,12 @@ from flowserve.artifact import (
     verify_artifact,
     write_manifest,
 )
-from flowserve.graphs import FORWARD, INVERSE, GraphIO, onnx_session, run_batched
+from flowserve.graphs import FORWARD, INVERSE, SCORE, GraphIO, onnx_session, run_batched
 from flowserve.models import export_gate as gate
 from flowserve.models.base import Flow, Standardize
 from flowserve.models.chain_rule import export_chain_rule, manifest_fields
 from flowserve.models.optimize import optimize_graph
+from flowserve.models.score_graph import export_score_graph
 from flowserve.parity import (
     LOG_PROB_ATOL,
     LOG_PROB_RTOL,
@@ -97,6 +99,8 @@ _BATCH = 4096
 # Parity runs ONNX in chunks of an odd size, unlike the traced example batch (8), so a batch
 # axis frozen at trace time cannot pass unnoticed.
 _PARITY_BATCH = 37
+# The graphs every artifact has (a chain-rule or score graph joins them).
+_GRAPHS = {"forward": FORWARD.file, "inverse": INVERSE.file}
 
 
 class ExportError(Exception):
@@ -557,6 +561,29 @@ def _calibrate(
         raise ExportError(f"cannot calibrate ({method}): {e}") from e
 
 
+def _cross_fit(
+    job: _Job, fold_models: Sequence[Flow], fold_rows: Sequence[np.ndarray], default_fpr: float
+) -> Calibration:
+    """Cross-conformal calibration, scored by the ``score`` graph export writes for it."""
+    if len(fold_models) != len(fold_rows) or len(fold_models) < 2:
+        raise ValueError("fold_models and fold_rows need one entry per fold (>= 2 folds)")
+    try:
+        return export_score_graph(
+            job.model,
+            fold_models,
+            [_holdout(rows, job.dim) for rows in fold_rows],
+            job.out_dir,
+            row_shape=job.row_shape,
+            holdout=job.rows,
+            check=job.check,
+            atol=gate.log_prob_atol(job.family, LOG_PROB_ATOL),
+            rtol=LOG_PROB_RTOL,
+            default_fpr=default_fpr,
+        )
+    except ValueError as e:
+        raise ExportError(f"cannot calibrate (cross-fit): {e}") from e
+
+
 def _hash_files(out_dir: Path) -> dict[str, str]:
     """sha256 of every file in ``out_dir`` but the manifest, by relative path."""
     return {
@@ -598,6 +625,8 @@ def export_artifact(
     default_fpr: float = 0.01,
     calibration_log_probs: np.ndarray | None = None,
     calibration_method: str = "holdout",
+    fold_models: Sequence[Flow] = (),
+    fold_rows: Sequence[np.ndarray] = (),
     optimize: bool = True,
 ) -> Manifest:
     """Export ``flow`` (with its preprocessing, so graphs take raw rows) to ``out_dir``.
@@ -617,6 +646,10 @@ def export_artifact(
             calibration is built from them. Default: the holdout's ONNX log-likelihoods.
         calibration_method: how those were obtained, recorded in the manifest: ``"split"``,
             ``"cross-fit"`` or ``"holdout"``.
+        fold_models, fold_rows: cross-fitted calibration: the fold models and the rows each
+            left out. Export then writes the ``score`` graph (:mod:`flowserve.models.score_graph`)
+            and calibrates cross-conformally on what it computes (``holdout`` is the test split,
+            scored by the served model); ``calibration_log_probs`` is not used.
         optimize: fold and prune the exported ONNX graphs (:mod:`flowserve.models.optimize`)
             before the parity checks, which then verify the optimised graphs.
 
@@ -638,9 +671,15 @@ def export_artifact(
     ts_diff = (
         _checked_torchscript(job, x_example, z_example, z_ref, lp_ref) if torchscript else None
     )
-    calibration = _calibrate(job, fsess, calibration_log_probs, default_fpr, calibration_method)
+    if fold_models:
+        calibration = _cross_fit(job, fold_models, fold_rows, default_fpr)
+    else:
+        calibration = _calibrate(job, fsess, calibration_log_probs, default_fpr, calibration_method)
     # Flows that factorize exactly in one order also get per-feature chain-rule terms.
     chain_order = export_chain_rule(job.model, out_dir, job.check, lp_onnx)
+    extra = manifest_fields(chain_order)
+    if fold_models:
+        extra["graphs"] = {**extra.get("graphs", _GRAPHS), "score": SCORE.file}
 
     manifest = Manifest(
         name=name,
@@ -656,7 +695,7 @@ def export_artifact(
         calibration=calibration,
         parity=parity.model_copy(update={"torchscript_max_abs_log_prob_diff": ts_diff}),
         torchscript=TORCHSCRIPT_FILE if ts_diff is not None else None,
-        **manifest_fields(chain_order),
+        **extra,
         opset=OPSET,
         files=_hash_files(out_dir),
         library_versions={**_library_versions(), "onnx_exporter": exporters["forward"]},

@@ -578,6 +578,8 @@ def export_trained(
             torchscript=torchscript,
             calibration_log_probs=calibration.log_probs,
             calibration_method=calibration.method,
+            fold_models=calibration.fold_models,
+            fold_rows=calibration.fold_rows,
         )
         staging.rename(final)
     except BaseException:

@@ -59,6 +59,12 @@ def _inverse(model: FlowModel, z: np.ndarray) -> Outputs:
     return (model.decode(z),)
 
 
+def _score(model: FlowModel, x: np.ndarray) -> Outputs:
+    log_prob, folds = model.score_log_probs(x)
+    assert folds is not None  # only models with a score graph take this role
+    return log_prob, folds
+
+
 @dataclass
 class _Item:
     model: FlowModel
@@ -271,7 +277,7 @@ def _call_cost_s(model: FlowModel, rows: int, role: str) -> float:
     cost = getattr(model, "call_cost_s", None)
     if cost is None:
         return math.inf
-    return cost(rows, "inverse") if role == "inverse" else cost(rows)
+    return cost(rows, role) if role in ("inverse", "score") else cost(rows)
 
 
 class InferenceEngine:
@@ -302,7 +308,7 @@ class InferenceEngine:
             weakref.WeakKeyDictionary()
         )
         self._stats: weakref.WeakKeyDictionary[FlowModel, ModelStats] = weakref.WeakKeyDictionary()
-        roles = {"forward": _forward, "log_prob": _log_prob, "inverse": _inverse}
+        roles = {"forward": _forward, "log_prob": _log_prob, "inverse": _inverse, "score": _score}
         self._calls = {role: self._timed(call) for role, call in roles.items()}
 
     def stats(self, model: FlowModel) -> ModelStats:
@@ -401,6 +407,16 @@ class InferenceEngine:
     async def log_prob(self, model: FlowModel, x: np.ndarray) -> np.ndarray:
         """``log_prob`` alone for validated float32 rows (/log_prob and /score)."""
         return (await self._graph(model, x, "log_prob"))[0]
+
+    async def score_log_probs(
+        self, model: FlowModel, x: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(log_prob, fold_log_prob)`` for validated float32 rows (/score, V2 infer): from
+        the model's score graph when it has one, else ``(log_prob, None)``."""
+        if not getattr(model, "has_score_graph", False):
+            return await self.log_prob(model, x), None
+        log_prob, folds = await self._graph(model, x, "score")
+        return log_prob, folds
 
     async def inverse(self, model: FlowModel, z: np.ndarray) -> np.ndarray:
         """Raw rows for validated float32 latents."""

@@ -285,7 +285,10 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         fpr = _fpr(payload)
         assert mv.model is not None
         z, log_prob = await state.engine.forward(mv.model, x)
-        scored = score_batch(state, mv, log_prob, fpr)  # 422 below 1/(n+1); drift window
+        folds = None
+        if mv.model.has_score_graph:  # cross-conformal p-values need the fold models' too
+            folds = (await state.engine.score_log_probs(mv.model, x))[1]
+        scored = score_batch(state, mv, log_prob, fpr, folds)  # 422 below 1/(n+1); drift window
         values: dict[str, np.ndarray] = {
             "log_prob": log_prob.astype(np.float32, copy=False),
             "z": z,

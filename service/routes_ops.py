@@ -52,6 +52,7 @@ def version_info(mv: ModelVersion) -> VersionInfo:
             method=m.calibration.method,
             min_fpr=m.calibration.min_fpr,
             exact=m.calibration.exact,
+            folds=m.calibration.folds,
         ),
         drift=drift_info(mv.model),
         created_at=m.created_at,

@@ -147,15 +147,20 @@ def _score_options(payload: dict[str, Any], query: dict[str, Any]) -> ScoreOptio
 
 
 def score_batch(
-    state: ServiceState, mv: ModelVersion, log_prob: np.ndarray, fpr: float | None
+    state: ServiceState,
+    mv: ModelVersion,
+    log_prob: np.ndarray,
+    fpr: float | None,
+    fold_log_prob: np.ndarray | None = None,
 ) -> ScoreResult:
-    """Anomaly scores of served log-likelihoods at ``fpr``, added to the version's drift window.
+    """Anomaly scores of served log-likelihoods at ``fpr`` (with the score graph's
+    ``fold_log_prob`` for a cross-fitted calibration), added to the version's drift window.
 
     A rate below the calibration's attainable minimum ``1/(n+1)`` is a 422 that names it.
     """
     assert mv.model is not None and mv.manifest is not None
     try:
-        res = mv.model.score_log_prob(log_prob, fpr)
+        res = mv.model.score_log_prob(log_prob, fpr, fold_log_prob)
     except ValueError as e:
         cal = mv.manifest.calibration
         raise OutOfRange(str(e), field="fpr", min_fpr=cal.min_fpr, n_rows=cal.n_rows) from None
@@ -204,8 +209,8 @@ async def _score(request: Request, state: ServiceState, mv: ModelVersion) -> Res
     opts = _score_options(payload, query)
     npy_out = codec.wants_npy(request.headers.get("accept"))
     columns = _npy_columns(query.get("columns"), opts.fdr) if npy_out else []
-    lp = await state.engine.log_prob(mv.model, x)  # type: ignore[arg-type]
-    res = score_batch(state, mv, lp, opts.fpr)
+    lp, folds = await state.engine.score_log_probs(mv.model, x)  # type: ignore[arg-type]
+    res = score_batch(state, mv, lp, opts.fpr, folds)
     selected = None if opts.fdr is None else benjamini_hochberg(res.p_value, opts.fdr)
     state.metrics.rows_done("score", mv.name, len(x))
     values = {

@@ -28,7 +28,7 @@ from flowserve.artifact import (
     Manifest,
     verify_artifact,
 )
-from flowserve.graphs import onnx_session
+from flowserve.graphs import SCORE, onnx_session
 from flowserve.optional import torch_available
 
 __all__ = [
@@ -91,6 +91,31 @@ class FlowModel:
         self.dim = manifest.dim
         # direction -> (seconds per call, seconds per row) of small calls, measured by warm_up.
         self._call_cost: dict[str, tuple[float, float]] = {}
+        self._score = self._score_session()
+
+    def _score_session(self) -> Any:
+        """The ``score`` graph's session (cross-fitted calibration), or None without one."""
+        rel = self.manifest.graphs.get("score")
+        if rel is None:
+            return None
+        path = self.directory / rel
+        try:
+            session = onnx_session(path)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ArtifactError(f"{path}: ONNX Runtime cannot load the graph: {e}") from e
+        inputs = [i.name for i in session.get_inputs()]
+        outputs = {o.name for o in session.get_outputs()}
+        if inputs != [SCORE.input] or not set(SCORE.outputs) <= outputs:
+            raise ArtifactError(
+                f"{path}: the score graph must map input 'x' to outputs 'log_prob' and "
+                f"'fold_log_prob' (has inputs {inputs}, outputs {sorted(outputs)})"
+            )
+        return session
+
+    @property
+    def has_score_graph(self) -> bool:
+        """Whether p-values need the ``score`` graph (a cross-fitted calibration)."""
+        return self._score is not None
 
     # -- the two directions, on validated float32 [N, dim] ------------------------------------
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
@@ -159,8 +184,26 @@ class FlowModel:
         x = self.decode(self.sample_latent(n, temperature, seed))
         return self.manifest.preprocessing.as_data(x)
 
-    def score_log_prob(self, log_prob: np.ndarray, fpr: float | None = None) -> ScoreResult:
-        """Anomaly scores from already computed log-likelihoods (see :meth:`score`).
+    def score_log_probs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(log_prob [N], fold_log_prob [N, folds] or None)``: what scoring needs, from the
+        ``score`` graph when the calibration is cross-fitted (one call), else ``log_prob``."""
+        if self._score is None:
+            return self.log_prob(x), None
+        x = self._rows(x, "x")
+        parts = [
+            self._score.run(list(SCORE.outputs), {SCORE.input: x[i : i + CHUNK_ROWS]})
+            for i in range(0, len(x), CHUNK_ROWS)
+        ] or [self._score.run(list(SCORE.outputs), {SCORE.input: x})]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def score_log_prob(
+        self,
+        log_prob: np.ndarray,
+        fpr: float | None = None,
+        fold_log_prob: np.ndarray | None = None,
+    ) -> ScoreResult:
+        """Anomaly scores from already computed log-likelihoods (see :meth:`score`);
+        ``fold_log_prob`` is the score graph's, which a cross-fitted calibration needs.
 
         Raises ``ValueError`` when ``fpr`` is outside (0, 1) or below the calibration's
         attainable minimum ``1/(n+1)``.
@@ -169,18 +212,21 @@ class FlowModel:
         fpr = cal.default_fpr if fpr is None else float(fpr)
         if not 0.0 < fpr < 1.0:
             raise ValueError(f"fpr must be in (0, 1), got {fpr}")
-        threshold = cal.threshold_for(fpr)
         lp = np.asarray(log_prob)
         # NaN log-likelihoods (should not happen for finite input) count as anomalies.
-        is_anomaly = ~(lp >= threshold)
-        return ScoreResult(lp, cal.percentile(lp), is_anomaly, threshold, fpr, cal.p_values(lp))
+        is_anomaly = cal.flags(lp, fpr, fold_log_prob)
+        p_value = cal.p_values(lp, fold_log_prob)
+        return ScoreResult(lp, cal.percentile(lp), is_anomaly, cal.threshold_for(fpr), fpr, p_value)
 
     def score(self, x: np.ndarray, fpr: float | None = None) -> ScoreResult:
         """Anomaly scores against the manifest calibration at false-positive rate ``fpr``
         (default: the calibration's ``default_fpr``)."""
-        return self.score_log_prob(self.log_prob(x), fpr)
+        log_prob, folds = self.score_log_probs(x)
+        return self.score_log_prob(log_prob, fpr, folds)
 
-    def call_cost_s(self, rows: int, direction: Literal["forward", "inverse"] = "forward") -> float:
+    def call_cost_s(
+        self, rows: int, direction: Literal["forward", "inverse", "score"] = "forward"
+    ) -> float:
         """Estimated seconds of a ``direction`` call on ``rows`` rows (small calls; inf before
         :meth:`warm_up` has measured it)."""
         cost = self._call_cost.get(direction)
@@ -215,8 +261,18 @@ class FlowModel:
                 f"{self.directory}: forward graph returned z {list(z.shape)} and log_prob "
                 f"{list(lp.shape)}, expected [2, {self.dim}] and [2]"
             )
+        folds = self.manifest.calibration.folds
+        calls: list[tuple[str, Any]] = [("forward", self.forward), ("inverse", self.decode)]
+        if self._score is not None:
+            got = self.score_log_probs(rows)[1]
+            if folds is None or got is None or got.shape != (2, folds):
+                raise ArtifactError(
+                    f"{self.directory}: score graph returned fold_log_prob "
+                    f"{None if got is None else list(got.shape)}, expected [2, {folds}]"
+                )
+            calls.append(("score", self.score_log_probs))
         probe_rows = np.zeros((_PROBE_ROWS, self.dim), dtype=np.float32)
-        for direction, call in (("forward", self.forward), ("inverse", self.decode)):
+        for direction, call in calls:
             one = self._best_time(call, rows[:1])
             probe = self._best_time(call, probe_rows)
             per_row = max(probe - one, 0.0) / (_PROBE_ROWS - 1)

@@ -200,6 +200,11 @@ class CalibrationSummary(BaseModel):
     method: str = Field(description="split, cross-fit or holdout")
     min_fpr: float = Field(description="smallest attainable false-positive rate, 1/(n+1)")
     exact: bool = Field(description="conformal p-values from stored scores (else interpolated)")
+    folds: int | None = Field(
+        None,
+        description="cross-fit: the fold models whose scores cross-conformal p-values also "
+        "use (threshold is then indicative; a row is flagged when p_value <= fpr)",
+    )
 
 
 class DriftInfo(BaseModel):

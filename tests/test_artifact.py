@@ -174,16 +174,62 @@ def test_another_major_is_refused_with_the_reason(tmp_path: Path, major: int, re
         load_manifest(tmp_path)
 
 
-def test_writers_write_their_own_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _cross_fitted() -> Calibration:
+    served, folds = -np.arange(1.0, 5.0), [-np.arange(2.0, 6.0), -np.arange(0.5, 3.5)]
+    return Calibration.cross_fitted(served, folds, default_fpr=0.2)
+
+
+def _with_score_graph(directory: Path, **overrides: object) -> Manifest:
+    (directory / "score.onnx").write_bytes(bytes([0x12, 5]) + b"score")
+    base = _manifest(directory)
+    graphs = {**base.graphs, "score": "score.onnx"}
+    files = {**base.files, "score.onnx": sha256_file(directory / "score.onnx")}
+    return _manifest(directory, graphs=graphs, files=files, **overrides)
+
+
+def test_writers_write_the_lowest_minor_that_holds_the_manifest(tmp_path: Path) -> None:
     newer = _manifest(tmp_path).model_copy(update={"schema_minor": SCHEMA_MINOR + 1})
     write_manifest(tmp_path, newer)
     written = json.loads((tmp_path / "manifest.json").read_text())
     # minor 0 is written without the field, so readers from before the policy still read it
     assert written["schema_version"] == SCHEMA_VERSION and "schema_minor" not in written
-    monkeypatch.setattr(artifact, "SCHEMA_MINOR", 2)
-    write_manifest(tmp_path, _manifest(tmp_path))
+    # cross-conformal calibration is minor 1: only a manifest that carries it says so
+    write_manifest(tmp_path, _with_score_graph(tmp_path, calibration=_cross_fitted()))
     written = json.loads((tmp_path / "manifest.json").read_text())
-    assert (written["schema_version"], written["schema_minor"]) == (SCHEMA_VERSION, 2)
+    assert (written["schema_version"], written["schema_minor"]) == (SCHEMA_VERSION, 1)
+    assert verify_artifact(tmp_path).calibration == _cross_fitted()
+
+
+def test_a_cross_fitted_calibration_needs_its_score_graph(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="needs a 'score' graph"):
+        _manifest(tmp_path, calibration=_cross_fitted())
+
+
+def test_cross_conformal_p_values_compare_each_group_under_its_own_model() -> None:
+    # served scores 1..4, fold 0's 2..5, fold 1's 0.5..2.5: n = 11
+    cal = _cross_fitted()
+    assert cal.n_rows == 11 and cal.folds == 2 and cal.min_fpr == pytest.approx(1 / 12)
+    lp = np.array([-3.0, -100.0, 0.0, np.nan])
+    folds = np.array([[-3.0, -1.0], [-100.0, -100.0], [0.0, 0.0], [-1.0, -1.0]])
+    # row 0: served >= 3: 2 (3, 4); fold 0 >= 3: 3 (3, 4, 5); fold 1 >= 1: 2 (1.5, 2.5)
+    expected = [(1 + 2 + 3 + 2) / 12, 1 / 12, 1.0, 0.0]
+    assert cal.p_values(lp, folds).tolist() == pytest.approx(expected)
+    # the flag is p <= fpr, not the pooled threshold (indicative only)
+    assert cal.flags(lp, 8 / 12, folds).tolist() == [True, True, False, True]
+    assert cal.flags(lp, 0.1, folds).tolist() == [False, True, False, True]
+    with pytest.raises(ValueError, match="needs the fold models"):
+        cal.p_values(lp)
+    with pytest.raises(ValueError, match="1 fold log_prob columns for 2 folds"):
+        cal.p_values(lp, folds[:, :1])
+    with pytest.raises(ValueError, match="below the smallest attainable"):
+        cal.flags(lp, 0.05, folds)
+
+
+def test_without_folds_flags_are_the_threshold_test() -> None:
+    cal = _calibration()
+    lp = np.random.default_rng(3).normal(-3.0, 1.5, 2000)
+    assert np.array_equal(cal.flags(lp, 0.05), lp < cal.threshold_for(0.05))
+    assert np.array_equal(cal.flags(lp, 0.05), cal.p_values(lp) <= 0.05)
 
 
 def test_the_shipped_default_model_manifest_still_loads() -> None:

@@ -241,8 +241,9 @@ def _fitted(**kw: object) -> FlowDensityEstimator:
     return est.fit(x)
 
 
-def test_estimator_anomaly_api_is_consistent() -> None:
-    est = _fitted(fpr=0.1)
+@pytest.mark.parametrize("calibration", ["cross-fit", "split"])
+def test_estimator_anomaly_api_is_consistent(calibration: str) -> None:
+    est = _fitted(fpr=0.1, calibration=calibration)
     x = moons(200, seed=5).to_numpy()
     far = x + np.array([50.0, -50.0])  # out of distribution
     rows = np.concatenate([x, far])
@@ -250,7 +251,11 @@ def test_estimator_anomaly_api_is_consistent() -> None:
     np.testing.assert_allclose(scores, -est.score_samples(rows))
     flags = est.predict(rows)
     assert set(np.unique(flags)) <= {0, 1}
-    np.testing.assert_array_equal(flags, (scores > est.threshold_).astype(int))
+    if calibration == "split":  # one model: the flag is the threshold test
+        np.testing.assert_array_equal(flags, (scores > est.threshold_).astype(int))
+    else:  # cross-conformal: the fold models vote too; the threshold is indicative
+        assert est.calibration_.folds >= 2
+        assert np.mean(flags == (scores > est.threshold_)) >= 0.9
     assert flags[len(x) :].all()  # every far row is flagged
     p = est.p_values(rows)
     assert np.all((p > 0) & (p <= 1)) and np.all(p[len(x) :] == p.min())
