@@ -59,9 +59,11 @@ class ScoreResult:
     ``score = -log_prob``; ``percentile`` in [0, 100] is the share of held-out rows more likely
     than the row (100: less likely than all of them); ``p_value`` is the conformal p-value
     ``(1 + #{calibration scores >= score}) / (n + 1)`` (None from servers that predate it);
-    ``is_anomaly`` is ``p_value <= fpr``, i.e. ``log_prob < threshold``: for rows exchangeable
-    with the calibration rows, ``P(is_anomaly) <= fpr``. With ``fdr``, ``fdr_selected`` holds
-    the rows Benjamini-Hochberg selects at that false-discovery rate.
+    ``is_anomaly`` is ``p_value <= fpr``: for rows exchangeable with the calibration rows,
+    ``P(is_anomaly) <= fpr`` (split calibration, where it is ``log_prob < threshold``; a
+    cross-fitted model's p-values are cross-conformal, about ``fpr`` in practice and
+    ``threshold`` only indicative: the server's docs/api.md, Anomaly decisions). With ``fdr``,
+    ``fdr_selected`` holds the rows Benjamini-Hochberg selects at that false-discovery rate.
     """
 
     log_prob: np.ndarray
