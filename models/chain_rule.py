@@ -30,17 +30,16 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flowserve.artifact import CHAIN_RULE_GRAPH, FORWARD_GRAPH, INVERSE_GRAPH
+from flowserve.artifact import CHAIN_RULE_GRAPH
 from flowserve.models.autoregressive import MaskedAutoregressiveTransform
 from flowserve.models.base import Chain, Flow, Standardize, StandardNormal
 
-__all__ = ["ChainRuleGraph", "chain_rule_order", "export_chain_rule", "manifest_fields"]
+__all__ = ["ChainRuleGraph", "chain_rule_order", "export_chain_rule"]
 
 log = logging.getLogger(__name__)
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -124,11 +123,3 @@ def export_chain_rule(
         log.warning("no chain-rule graph: its terms miss log_prob by %.3g nats", np.max(diff))
         return None
     return order
-
-
-def manifest_fields(order: list[int] | None) -> dict[str, Any]:
-    """The manifest fields that announce an exported chain-rule graph (none without one)."""
-    if order is None:
-        return {}
-    graphs = {"forward": FORWARD_GRAPH, "inverse": INVERSE_GRAPH, "chain_rule": CHAIN_RULE_GRAPH}
-    return {"graphs": graphs, "chain_rule_order": order}

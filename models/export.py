@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from flowserve.artifact import (
+    CHAIN_RULE_GRAPH,
     MANIFEST_FILE,
     TORCHSCRIPT_FILE,
     ArtifactError,
@@ -61,7 +62,7 @@ from flowserve.artifact import (
 from flowserve.graphs import FORWARD, INVERSE, SCORE, GraphIO, onnx_session, run_batched
 from flowserve.models import export_gate as gate
 from flowserve.models.base import Flow, Standardize
-from flowserve.models.chain_rule import export_chain_rule, manifest_fields
+from flowserve.models.chain_rule import export_chain_rule
 from flowserve.models.optimize import optimize_graph
 from flowserve.models.score_graph import export_score_graph
 from flowserve.parity import (
@@ -575,7 +576,7 @@ def _cross_fit(
             job.out_dir,
             row_shape=job.row_shape,
             holdout=job.rows,
-            check=job.check,
+            parity_rows=len(job.check),
             atol=gate.log_prob_atol(job.family, LOG_PROB_ATOL),
             rtol=LOG_PROB_RTOL,
             default_fpr=default_fpr,
@@ -677,9 +678,11 @@ def export_artifact(
         calibration = _calibrate(job, fsess, calibration_log_probs, default_fpr, calibration_method)
     # Flows that factorize exactly in one order also get per-feature chain-rule terms.
     chain_order = export_chain_rule(job.model, out_dir, job.check, lp_onnx)
-    extra = manifest_fields(chain_order)
+    graphs = dict(_GRAPHS)
+    if chain_order is not None:
+        graphs["chain_rule"] = CHAIN_RULE_GRAPH
     if fold_models:
-        extra["graphs"] = {**extra.get("graphs", _GRAPHS), "score": SCORE.file}
+        graphs["score"] = SCORE.file
 
     manifest = Manifest(
         name=name,
@@ -695,7 +698,8 @@ def export_artifact(
         calibration=calibration,
         parity=parity.model_copy(update={"torchscript_max_abs_log_prob_diff": ts_diff}),
         torchscript=TORCHSCRIPT_FILE if ts_diff is not None else None,
-        **extra,
+        graphs=graphs,
+        chain_rule_order=chain_order,
         opset=OPSET,
         files=_hash_files(out_dir),
         library_versions={**_library_versions(), "onnx_exporter": exporters["forward"]},

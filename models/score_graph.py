@@ -62,15 +62,16 @@ def export_score_graph(
     *,
     row_shape: tuple[int, ...],
     holdout: np.ndarray,
-    check: np.ndarray,
+    parity_rows: int,
     atol: float,
     rtol: float,
     default_fpr: float,
 ) -> Calibration:
     """Write ``score.onnx`` for ``served`` (already as exported) and the fold models ``folds``
-    (copied as served: float32, CPU, eval, dequantization off), check it against torch on
-    ``check`` rows, and return the cross-fitted calibration it scores: the served column on
-    ``holdout`` (the test split), fold ``k``'s column on ``fold_rows[k]``.
+    (copied as served: float32, CPU, eval, dequantization off), check it against torch on the
+    first ``parity_rows`` rows of ``holdout``, and return the cross-fitted calibration it
+    scores: the served column on ``holdout`` (the test split), fold ``k``'s column on
+    ``fold_rows[k]``.
 
     Raises ``ValueError`` when the graph disagrees with torch beyond ``atol + rtol * |lp|``.
     """
@@ -78,9 +79,12 @@ def export_score_graph(
 
     graph = ScoreGraph(served, [_as_served(f) for f in folds], row_shape).eval()
     path = Path(out_dir) / SCORE.file
-    example = torch.from_numpy(np.ascontiguousarray(check[: min(8, len(check))], np.float32))
+    holdout = np.ascontiguousarray(holdout, dtype=np.float32)
+    check = holdout[:parity_rows]
     with torch.no_grad():
-        export_onnx(graph, example, path, SCORE.input, list(SCORE.outputs))
+        export_onnx(
+            graph, torch.from_numpy(check[:8].copy()), path, SCORE.input, list(SCORE.outputs)
+        )
         ref_lp, ref_folds = (t.double().numpy() for t in graph(torch.from_numpy(check)))
     session = onnx_session(path)
 
@@ -90,10 +94,10 @@ def export_score_graph(
             lambda b: session.run(list(SCORE.outputs), {SCORE.input: b}), rows, _BATCH
         )
 
-    got_lp, got_folds = run(check)
+    served_lp, served_folds = run(holdout)
     for what, got, ref in (
-        ("log_prob", got_lp, ref_lp),
-        ("fold_log_prob", got_folds.reshape(-1), ref_folds.reshape(-1)),
+        ("log_prob", served_lp[:parity_rows], ref_lp),
+        ("fold_log_prob", served_folds[:parity_rows].reshape(-1), ref_folds.reshape(-1)),
     ):
         parity = log_prob_parity(got.astype(np.float64), ref, atol, rtol)
         if not parity.passed:
@@ -102,7 +106,6 @@ def export_score_graph(
                 f"the score graph's {what} disagrees with torch: max |diff| "
                 f"{parity.max_abs_diff:.3g} nats exceeds the tolerance {parity.rule}"
             )
-    served_lp = run(holdout)[0]
     fold_lps = [run(rows)[1][:, k] for k, rows in enumerate(fold_rows)]
     log.info("score graph: %d fold models, %d calibration rows", len(folds), len(holdout))
     return Calibration.cross_fitted(served_lp, fold_lps, default_fpr)

@@ -164,13 +164,13 @@ def score_frame(
     if errors == "raise" and not finite.all():
         raise NonFiniteRows(df.index[np.flatnonzero(~finite)])
     log_prob = np.full(len(x), np.nan, dtype=np.float64)
-    folds = np.full((len(x), model.manifest.calibration.folds or 0), np.nan, dtype=np.float64)
+    folds = model.manifest.calibration.folds
+    fold_log_prob = None if folds is None else np.full((len(x), folds), np.nan)
     if finite.any():
         lp, fold_lp = model.score_log_probs(x[finite] if not finite.all() else x)
         log_prob[finite] = lp
-        if fold_lp is not None:
-            folds[finite] = fold_lp
-    fold_log_prob = folds if model.has_score_graph else None
+        if fold_log_prob is not None:
+            fold_log_prob[finite] = fold_lp
     result = model.score_log_prob(log_prob.astype(np.float32), fpr, fold_log_prob)
     percentile = np.asarray(result.percentile, dtype=np.float64)
     p_value = np.asarray(result.p_value, dtype=np.float64)

@@ -28,7 +28,7 @@ from flowserve.artifact import (
     Manifest,
     verify_artifact,
 )
-from flowserve.graphs import SCORE, onnx_session
+from flowserve.graphs import SCORE, onnx_session, run_batched
 from flowserve.optional import torch_available
 
 __all__ = [
@@ -99,10 +99,7 @@ class FlowModel:
         if rel is None:
             return None
         path = self.directory / rel
-        try:
-            session = onnx_session(path)
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise ArtifactError(f"{path}: ONNX Runtime cannot load the graph: {e}") from e
+        session = _open_graph(path)
         inputs = [i.name for i in session.get_inputs()]
         outputs = {o.name for o in session.get_outputs()}
         if inputs != [SCORE.input] or not set(SCORE.outputs) <= outputs:
@@ -189,12 +186,15 @@ class FlowModel:
         ``score`` graph when the calibration is cross-fitted (one call), else ``log_prob``."""
         if self._score is None:
             return self.log_prob(x), None
+        session = self._score
         x = self._rows(x, "x")
-        parts = [
-            self._score.run(list(SCORE.outputs), {SCORE.input: x[i : i + CHUNK_ROWS]})
-            for i in range(0, len(x), CHUNK_ROWS)
-        ] or [self._score.run(list(SCORE.outputs), {SCORE.input: x})]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        if len(x) <= CHUNK_ROWS:  # one call, empty batches included
+            log_prob, folds = session.run(list(SCORE.outputs), {SCORE.input: x})
+            return log_prob, folds
+        log_prob, folds = run_batched(
+            lambda b: session.run(list(SCORE.outputs), {SCORE.input: b}), x, CHUNK_ROWS
+        )
+        return log_prob, folds
 
     def score_log_prob(
         self,
@@ -299,10 +299,7 @@ class OnnxFlowModel(FlowModel):
         sessions = {}
         for role in ("forward", "inverse"):
             path = directory / manifest.graphs[role]
-            try:
-                sessions[role] = onnx_session(path, intra_op_threads, inter_op_threads)
-            except Exception as e:  # onnxruntime raises its own exception types
-                raise ArtifactError(f"{path}: ONNX Runtime cannot load the graph: {e}") from e
+            sessions[role] = _open_graph(path, intra_op_threads, inter_op_threads)
         self._fwd, self._inv = sessions["forward"], sessions["inverse"]
         self._check_io()
 
@@ -370,6 +367,14 @@ class TorchScriptFlowModel(FlowModel):
     def _inverse(self, z: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
             return self._module.inverse(self._tensor(z)).numpy()
+
+
+def _open_graph(path: Path, intra_op_threads: int = 1, inter_op_threads: int = 1) -> Any:
+    """An ONNX Runtime session for an artifact's graph; :class:`ArtifactError` if it fails."""
+    try:
+        return onnx_session(path, intra_op_threads, inter_op_threads)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ArtifactError(f"{path}: ONNX Runtime cannot load the graph: {e}") from e
 
 
 def _import_torch(directory: Path) -> Any:
