@@ -563,9 +563,14 @@ def _calibrate(
 
 
 def _cross_fit(
-    job: _Job, fold_models: Sequence[Flow], fold_rows: Sequence[np.ndarray], default_fpr: float
-) -> Calibration:
-    """Cross-conformal calibration, scored by the ``score`` graph export writes for it."""
+    job: _Job,
+    fold_models: Sequence[Flow],
+    fold_rows: Sequence[np.ndarray],
+    default_fpr: float,
+    optimize: bool,
+) -> tuple[Calibration, dict[str, int] | None]:
+    """Cross-conformal calibration, scored by the ``score`` graph export writes for it (and
+    the graph's node counts when it was optimised)."""
     if len(fold_models) != len(fold_rows) or len(fold_models) < 2:
         raise ValueError("fold_models and fold_rows need one entry per fold (>= 2 folds)")
     try:
@@ -580,6 +585,7 @@ def _cross_fit(
             atol=gate.log_prob_atol(job.family, LOG_PROB_ATOL),
             rtol=LOG_PROB_RTOL,
             default_fpr=default_fpr,
+            optimize=optimize,
         )
     except ValueError as e:
         raise ExportError(f"cannot calibrate (cross-fit): {e}") from e
@@ -673,7 +679,9 @@ def export_artifact(
         _checked_torchscript(job, x_example, z_example, z_ref, lp_ref) if torchscript else None
     )
     if fold_models:
-        calibration = _cross_fit(job, fold_models, fold_rows, default_fpr)
+        calibration, score_nodes = _cross_fit(job, fold_models, fold_rows, default_fpr, optimize)
+        if score_nodes is not None:
+            graph_nodes["score"] = score_nodes
     else:
         calibration = _calibrate(job, fsess, calibration_log_probs, default_fpr, calibration_method)
     # Flows that factorize exactly in one order also get per-feature chain-rule terms.

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from flowserve.artifact import Calibration
 from flowserve.graphs import SCORE, onnx_session, run_batched
 from flowserve.models.base import Flow
+from flowserve.models.optimize import optimize_graph
 from flowserve.models.preprocess import served_flow
 from flowserve.parity import log_prob_parity
 
@@ -33,6 +34,8 @@ __all__ = ["ScoreGraph", "export_score_graph"]
 log = logging.getLogger(__name__)
 
 _BATCH = 4096
+# Rows the optimisation pass compares the graph's outputs on before and after.
+_PARITY_EXAMPLE = 37
 
 
 class ScoreGraph(nn.Module):
@@ -66,12 +69,14 @@ def export_score_graph(
     atol: float,
     rtol: float,
     default_fpr: float,
-) -> Calibration:
+    optimize: bool = True,
+) -> tuple[Calibration, dict[str, int] | None]:
     """Write ``score.onnx`` for ``served`` (already as exported) and the fold models ``folds``
     (copied as served: float32, CPU, eval, dequantization off), check it against torch on the
     first ``parity_rows`` rows of ``holdout``, and return the cross-fitted calibration it
     scores: the served column on ``holdout`` (the test split), fold ``k``'s column on
-    ``fold_rows[k]``.
+    ``fold_rows[k]``. With ``optimize`` the graph goes through export's optimisation pass
+    first (as the forward and inverse graphs do; its node counts are returned, else None).
 
     Raises ``ValueError`` when the graph disagrees with torch beyond ``atol + rtol * |lp|``.
     """
@@ -86,6 +91,7 @@ def export_score_graph(
             graph, torch.from_numpy(check[:8].copy()), path, SCORE.input, list(SCORE.outputs)
         )
         ref_lp, ref_folds = (t.double().numpy() for t in graph(torch.from_numpy(check)))
+    nodes = optimize_graph(path, check[:_PARITY_EXAMPLE]) if optimize else None
     session = onnx_session(path)
 
     def run(rows: np.ndarray) -> list[np.ndarray]:
@@ -108,4 +114,4 @@ def export_score_graph(
             )
     fold_lps = [run(rows)[1][:, k] for k, rows in enumerate(fold_rows)]
     log.info("score graph: %d fold models, %d calibration rows", len(folds), len(holdout))
-    return Calibration.cross_fitted(served_lp, fold_lps, default_fpr)
+    return Calibration.cross_fitted(served_lp, fold_lps, default_fpr), nodes
