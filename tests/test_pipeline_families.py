@@ -85,5 +85,15 @@ def test_trained_family_serves_what_training_measured(
     np.testing.assert_allclose(back, test[:20], atol=3e-3 * float(ROWS.std()))
     samples = client.post(f"/models/{family}/sample", json={"n": 5, "seed": 1}).json()
     assert np.all(np.isfinite(samples["samples"]))
+    # A small table is cross-fitted: /score answers from the score graph, whose served column
+    # is the forward graph's log_prob, with cross-conformal p-values (far rows flagged).
+    assert m.calibration.method == "cross-fit" and "score" in m.graphs
+    far = test[:5] * 5.0
+    scored = client.post(
+        f"/models/{family}/score", json={"inputs": np.concatenate([test, far]).tolist()}
+    ).json()
+    np.testing.assert_allclose(scored["log_prob"][: len(test)], lp, atol=1e-3, rtol=1e-5)
+    assert all(0.0 < p <= 1.0 for p in scored["p_value"])
+    assert all(scored["is_anomaly"][len(test) :])
     assert m.metrics.bits_per_dim == pytest.approx(m.metrics.test_nll / (2 * math.log(2)))
     assert m.metrics.bits_per_dim_kind == "continuous_density"
