@@ -29,7 +29,7 @@ import json
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
@@ -64,6 +64,7 @@ __all__ = [
     "Manifest",
     "Metrics",
     "Parity",
+    "PowerTransform",
     "Preprocessing",
     "calibration_levels",
     "load_manifest",
@@ -81,7 +82,9 @@ log = logging.getLogger(__name__)
 # Manifest schema version (ADR 0003): a reader reads its own major only, and any minor of it; a
 # newer minor's fields it does not know are ignored with a warning. Writers write their own.
 SCHEMA_VERSION = 1  # the major
-SCHEMA_MINOR = 1  # 1 added calibration.cross_fit (cross-conformal p-values, a "score" graph)
+# 1 added calibration.cross_fit (cross-conformal p-values, a "score" graph); 2 added
+# preprocessing.power_transform (the graphs apply it: a reader that ignores it still serves)
+SCHEMA_MINOR = 2
 MANIFEST_FILE = "manifest.json"
 FORWARD_GRAPH = "forward.onnx"
 INVERSE_GRAPH = "inverse.onnx"
@@ -145,13 +148,31 @@ INTEGER_TOLERANCE = 1e-3
 DataKind = Literal["real", "angle", "unit_vector", "image"]
 
 
+class PowerTransform(_Strict):
+    """Yeo-Johnson power transforms of real columns, applied before standardizing.
+
+    Per column ``j``: ``u = (x - center[j]) / spread[j]``, then ``y = ((1 + u)^l - 1) / l`` for
+    ``u >= 0`` and ``y = -((1 - u)^(2 - l) - 1) / (2 - l)`` for ``u < 0`` (logarithms at ``l = 0``
+    and ``l = 2``), with ``l = lambdas[j]`` in ``[0, 2]``, so each column is a bijection of R onto
+    R; ``l = 1`` leaves the column as it is. The log-derivative
+    ``(l - 1) * sign(u) * log(1 + |u|) - log(spread[j])`` is included in ``log_prob``.
+    """
+
+    method: Literal["yeo-johnson"] = "yeo-johnson"
+    center: list[float]
+    spread: list[float]
+    lambdas: list[Annotated[float, Field(ge=0.0, le=2.0)]]
+
+
 class Preprocessing(_Strict):
     """What the graphs do to a raw row before the flow; informational, the graphs apply it.
 
     ``data_kind`` says what a row is, and so how it is prepared and which rows are valid:
 
     - ``real``: real-valued columns, standardized: ``(x - mean) / scale`` per feature, its
-      log-determinant ``-sum(log scale)`` included in ``log_prob``.
+      log-determinant ``-sum(log scale)`` included in ``log_prob``. With ``power_transform``
+      (schema minor 2), skewed columns first go through their Yeo-Johnson transform, and
+      ``mean``/``scale`` are those of the transformed training rows.
     - ``angle``: angles in radians (circle, torus), never standardized; any finite value is
       valid and is wrapped to ``[-pi, pi)`` (angles equal mod ``2 pi`` are the same point).
     - ``unit_vector``: unit vectors in R^3 (the sphere), never standardized; rows whose norm is
@@ -167,6 +188,7 @@ class Preprocessing(_Strict):
 
     standardize_mean: list[float] | None = None
     standardize_scale: list[float] | None = None
+    power_transform: PowerTransform | None = None
     dequantization: Literal["uniform", "variational"] | None = None
     nan_policy: Literal["drop", "error"] = "drop"
     data_kind: DataKind = "real"
@@ -569,6 +591,11 @@ class Manifest(_Strict):
             )
         if self.calibration.cross_fit is not None and "score" not in self.graphs:
             raise ValueError("a cross-fitted calibration needs a 'score' graph")
+        power = self.preprocessing.power_transform
+        if power is not None and not (
+            len(power.center) == len(power.spread) == len(power.lambdas) == self.dim
+        ):
+            raise ValueError(f"preprocessing.power_transform needs {self.dim} values per list")
         named = [*self.graphs.values(), *self.files, *([self.torchscript] * bool(self.torchscript))]
         for rel in named:
             problem = _path_problem(rel)
@@ -660,8 +687,11 @@ def sha256_file(path: Path) -> str:
 
 
 def needed_minor(manifest: Manifest) -> int:
-    """The lowest schema minor that holds what ``manifest`` carries (at most ours): 1 for a
-    cross-fitted calibration, else 0, so every reader that can serve it reads it."""
+    """The lowest schema minor that holds what ``manifest`` carries (at most ours): 2 for a
+    power transform, 1 for a cross-fitted calibration, else 0, so every reader that can serve it
+    reads it."""
+    if manifest.preprocessing.power_transform is not None:
+        return min(SCHEMA_MINOR, 2)
     return min(SCHEMA_MINOR, 1 if manifest.calibration.cross_fit is not None else 0)
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from flowserve.models.hparams import canonical_hparams
+from flowserve.models.power import PowerSpec, yeo_johnson, yeo_johnson_inverse
 
 __all__ = [
     "FAMILIES",
@@ -94,20 +95,59 @@ class Invert(Transform):
 
 
 class Standardize(Transform):
-    """Fixed per-feature affine map ``(x - mean) / scale``: the fitted preprocessing of a model."""
+    """Fixed per-feature map ``(x - mean) / scale``: the fitted preprocessing of a model.
 
-    def __init__(self, mean: Tensor, scale: Tensor) -> None:
+    With ``power`` (a :class:`~flowserve.models.power.PowerSpec` whose columns are not all the
+    identity), each column first goes through its Yeo-Johnson power transform, and ``mean`` and
+    ``scale`` are those of the transformed training rows.
+    """
+
+    def __init__(self, mean: Tensor, scale: Tensor, power: PowerSpec | None = None) -> None:
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean).clone())
         self.register_buffer("scale", torch.as_tensor(scale).clone())
+        self.has_power = power is not None and power.active
+        if power is not None and power.active:
+            dtype = self.mean.dtype
+            for name in ("center", "spread", "lambdas"):
+                value = torch.as_tensor(getattr(power, name), dtype=dtype)
+                self.register_buffer(f"power_{name}", value.clone())
+
+    def power_spec(self) -> PowerSpec | None:
+        """The power transform applied before standardizing (None: none)."""
+        if not self.has_power:
+            return None
+        return PowerSpec(
+            *(getattr(self, f"power_{n}").detach().cpu().double().numpy() for n in _POWER)
+        )
+
+    def per_feature(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, log|dz/dx|)`` per feature, ``[batch, dim]`` each (the map is elementwise)."""
+        ld = -torch.log(self.scale).expand_as(x)
+        if self.has_power:
+            u = (x - self.power_center) / self.power_spread
+            x, part = yeo_johnson(u, self.power_lambdas)
+            ld = ld + part - torch.log(self.power_spread)
+        return (x - self.mean) / self.scale, ld
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        ld = -torch.log(self.scale).sum().expand(x.shape[0])
-        return (x - self.mean) / self.scale, ld
+        if not self.has_power:
+            ld = -torch.log(self.scale).sum().expand(x.shape[0])
+            return (x - self.mean) / self.scale, ld
+        z, ld = self.per_feature(x)
+        return z, ld.sum(dim=1)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         ld = torch.log(self.scale).sum().expand(z.shape[0])
-        return z * self.scale + self.mean, ld
+        x = z * self.scale + self.mean
+        if self.has_power:
+            u, part = yeo_johnson_inverse(x, self.power_lambdas)
+            x = u * self.power_spread + self.power_center
+            ld = ld + part.sum(dim=1) + torch.log(self.power_spread).sum()
+        return x, ld
+
+
+_POWER = ("center", "spread", "lambdas")
 
 
 class StandardNormal(nn.Module):

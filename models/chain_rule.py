@@ -84,9 +84,7 @@ class ChainRuleGraph(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         ld = torch.zeros_like(x)
         if isinstance(self.preprocess, Standardize):
-            scale = self.preprocess.scale.reshape(-1)
-            x = (x - self.preprocess.mean.reshape(-1)) / scale
-            ld = ld - torch.log(scale)
+            x, ld = self.preprocess.per_feature(x)
         for layer in self.layers:
             x, part = layer.univariate(x, layer._params(x))
             ld = ld + part

@@ -127,6 +127,8 @@ class TrainConfig(BaseModel):
     threads: Positive = 1  # torch intra-op threads while training (small flows: 1 is fastest)
     # image families: uniform noise, or a noise model q(u | x) learned with the flow
     dequantization: Literal["uniform", "variational"] = "uniform"
+    # real columns: a Yeo-Johnson power transform of clearly skewed columns (auto), or none
+    power_transform: Literal["auto", "none"] = "auto"
     calibration: Calibration = "auto"  # flowserve.models.calibrate
     calibration_folds: int = Field(5, ge=2)
     max_rows: int | None = None

@@ -11,8 +11,9 @@ Policy for bad values (stated once here, recorded in the artifact's manifest):
   and too few rows fail with a :class:`DataError` whose message names the problem.
 
 Rows are shuffled into train/validation/test splits with a seed; the standardization (mean and
-standard deviation per feature) is fitted on the training split only and becomes part of the
-model (``flowserve.models.base.Standardize``), so the model scores raw rows.
+standard deviation per feature, after a Yeo-Johnson power transform of clearly skewed columns)
+is fitted on the training split only and becomes part of the model
+(``flowserve.models.base.Standardize``), so the model scores raw rows.
 
 Preparation follows the kind of data (:data:`flowserve.artifact.DataKind`, recorded in the
 manifest; the family decides it, see :func:`flowserve.models.preprocess.data_kind_of`):
@@ -38,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from flowserve.artifact import UNIT_NORM_TOLERANCE, DataKind
+from flowserve.models.power import PowerSpec, fit_yeo_johnson, yeo_johnson_numpy
 
 __all__ = [
     "ARRAY_KEYS",
@@ -294,8 +296,16 @@ def split_indices(
     return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
 
 
-def fit_standardize(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and standard deviation of the training rows (float32)."""
+PowerPolicy = Literal["auto", "none"]
+
+
+def fit_standardize(
+    train: np.ndarray, power: PowerSpec | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation of the training rows (float32), after ``power``'s
+    transform when given."""
+    if power is not None:
+        train, _ = yeo_johnson_numpy((train - power.center) / power.spread, power.lambdas)
     mean = train.mean(axis=0)
     scale = train.std(axis=0)
     # A column constant on the training split but not overall would divide by zero.
@@ -355,6 +365,7 @@ class PreparedData:
     source: str
     data_kind: DataKind = "real"
     num_values: int | None = None  # images: integer levels are 0 .. num_values - 1
+    power: PowerSpec | None = None  # real data: Yeo-Johnson powers applied before standardizing
 
     @property
     def dim(self) -> int:
@@ -374,8 +385,13 @@ def prepare_data(
     source: str | None = None,
     data_kind: DataKind = "real",
     validation: np.ndarray | pd.DataFrame | None = None,
+    power_transform: PowerPolicy = "auto",
 ) -> PreparedData:
     """Load (from a path or an in-memory array/frame), clean, subsample, split, standardize.
+
+    Real columns that are clearly skewed on the training split get a Yeo-Johnson power transform
+    before standardizing (``power_transform="auto"``; :mod:`flowserve.models.power`), ``"none"``
+    standardizes only.
 
     ``source`` names in-memory data in messages and in the saved config (default ``"data"``);
     ``data_kind`` decides the checks and the preparation (see the module docstring).
@@ -415,7 +431,12 @@ def prepare_data(
         order = np.random.default_rng(seed).permutation(n)
         n_test = max(2, round(n * test_fraction)) if test_fraction > 0 else 0
         tr, te = order[n_test:], order[:n_test]
-    mean, scale = fit_standardize(values[tr]) if data_kind == "real" else (None, None)
+    power, mean, scale = None, None, None
+    if data_kind == "real":
+        if power_transform == "auto":
+            power = fit_yeo_johnson(values[tr])
+            power = power if power.active else None
+        mean, scale = fit_standardize(values[tr], power)
     return PreparedData(
         train=x[tr],
         val=val,
@@ -428,4 +449,5 @@ def prepare_data(
         source=source,
         data_kind=data_kind,
         num_values=num_values,
+        power=power,
     )

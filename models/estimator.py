@@ -83,6 +83,8 @@ class FlowDensityEstimator:
         fpr: The false-positive rate of :meth:`predict` and ``threshold_``.
         n_threads: Torch threads while fitting and scoring.
         nan_policy: ``"drop"`` rows with NaN/Inf (with a warning) or ``"error"``.
+        power_transform: ``"auto"``: a Yeo-Johnson power transform of the clearly skewed
+            columns before standardizing (part of the model); ``"none"``: standardize only.
         params: Family-specific flow options (e.g. ``{"bins": 8}``).
         progress: Show Lightning's progress bar (on stderr) while fitting.
 
@@ -113,6 +115,7 @@ class FlowDensityEstimator:
         fpr: float = 0.05,
         n_threads: int = 1,
         nan_policy: str = "drop",
+        power_transform: str = "auto",
         params: dict[str, Any] | None = None,
         progress: bool = False,
     ) -> None:
@@ -133,6 +136,7 @@ class FlowDensityEstimator:
         self.fpr = fpr
         self.n_threads = n_threads
         self.nan_policy = nan_policy
+        self.power_transform = power_transform
         self.params = params
         self.progress = progress
 
@@ -184,6 +188,7 @@ class FlowDensityEstimator:
             "calibration_folds": self.calibration_folds,
             "threads": self.n_threads,
             "nan_policy": self.nan_policy,
+            "power_transform": self.power_transform,
             "params": self.params,
         }
         config = resolve_config({}, options)
@@ -221,6 +226,7 @@ class FlowDensityEstimator:
                 seed=config.seed,
                 data_kind=data_kind_of(config.family),
                 validation=validation_data,
+                power_transform=config.power_transform,
             )
             torch.manual_seed(config.seed)
             with tempfile.TemporaryDirectory(prefix="flowserve-ckpt-") as ckpt:

@@ -53,6 +53,7 @@ from flowserve.artifact import (
     Manifest,
     Metrics,
     Parity,
+    PowerTransform,
     Preprocessing,
     roundtrip_error,
     sha256_file,
@@ -64,6 +65,7 @@ from flowserve.models import export_gate as gate
 from flowserve.models.base import Flow, Standardize
 from flowserve.models.chain_rule import export_chain_rule
 from flowserve.models.optimize import optimize_graph
+from flowserve.models.preprocess import power_transform_of
 from flowserve.models.score_graph import export_score_graph
 from flowserve.parity import (
     LOG_PROB_ATOL,
@@ -261,21 +263,34 @@ def _base_spec(flow: Flow) -> BaseSpec:
 
 
 def _applied_preprocessing(flow: Flow) -> Preprocessing:
-    """The standardization the graphs apply (the flow's :class:`Standardize`, if any)."""
+    """The standardization (and power transform) the graphs apply: the flow's
+    :class:`Standardize`, if any."""
     if not isinstance(flow.preprocess, Standardize):
         return Preprocessing()
     return Preprocessing(
         standardize_mean=flow.preprocess.mean.detach().cpu().double().reshape(-1).tolist(),
         standardize_scale=flow.preprocess.scale.detach().cpu().double().reshape(-1).tolist(),
+        power_transform=power_transform_of(flow.preprocess.power_spec()),
     )
+
+
+def _lists(power: PowerTransform | None) -> dict[str, list[float] | None]:
+    return {
+        f"power_transform.{name}": None if power is None else getattr(power, name)
+        for name in ("center", "spread", "lambdas")
+    }
 
 
 def _preprocessing(applied: Preprocessing, given: Preprocessing | None) -> Preprocessing:
     """The manifest's preprocessing: ``given``, checked against what the graphs really apply."""
     if given is None:
         return applied
-    for field in ("standardize_mean", "standardize_scale"):
-        claimed, actual = getattr(given, field), getattr(applied, field)
+    claims = {f: getattr(given, f) for f in ("standardize_mean", "standardize_scale")}
+    actuals = {f: getattr(applied, f) for f in ("standardize_mean", "standardize_scale")}
+    claims.update(_lists(given.power_transform))
+    actuals.update(_lists(applied.power_transform))
+    for field, claimed in claims.items():
+        actual = actuals[field]
         # The graphs take raw rows: a standardization the flow does not apply would be a lie.
         if (claimed is None) != (actual is None) or (
             claimed is not None and not np.allclose(claimed, actual, rtol=1e-5, atol=1e-6)
@@ -283,7 +298,7 @@ def _preprocessing(applied: Preprocessing, given: Preprocessing | None) -> Prepr
             raise ValueError(
                 f"preprocessing.{field} does not match the flow's Standardize preprocess "
                 f"({'absent' if actual is None else 'different values'}); set it with "
-                "flow.set_preprocess(Standardize(mean, scale))"
+                "flow.set_preprocess(Standardize(mean, scale, power))"
             )
     return given
 

@@ -3,7 +3,9 @@
 Each family models one kind of data (:data:`FAMILY_DATA_KINDS`; every other family models
 real-valued columns), and the kind decides the flow's ``preprocess``:
 
-- ``real``: :class:`~flowserve.models.base.Standardize` with the training split's statistics.
+- ``real``: :class:`~flowserve.models.base.Standardize` with the training split's statistics,
+  after a Yeo-Johnson power transform of the columns that are clearly skewed
+  (:mod:`flowserve.models.power`).
 - ``angle``: none. The circle/torus flows wrap angles themselves; standardizing would break
   the period (the density would no longer integrate to one over the torus).
 - ``unit_vector``: :class:`OnUnitSphere`: rows off the unit sphere by more than the tolerance
@@ -28,8 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flowserve.artifact import UNIT_NORM_TOLERANCE, DataKind, Preprocessing
+from flowserve.artifact import UNIT_NORM_TOLERANCE, DataKind, PowerTransform, Preprocessing
 from flowserve.models.base import Flow, Standardize, Transform
+from flowserve.models.power import PowerSpec
 
 __all__ = [
     "FAMILY_DATA_KINDS",
@@ -40,6 +43,7 @@ __all__ = [
     "image_hparams",
     "image_shape",
     "manifest_preprocessing",
+    "power_transform_of",
     "preprocess_for",
     "served_flow",
 ]
@@ -145,16 +149,17 @@ def preprocess_for(
     mean: np.ndarray | None = None,
     scale: np.ndarray | None = None,
     *,
+    power: PowerSpec | None = None,
     dequantization: str = "uniform",
     shape: Any = None,
     num_values: int | None = None,
 ) -> Transform | None:
-    """The flow's ``preprocess`` for data of ``kind`` (``mean``/``scale`` for ``real``; for
-    ``image``, ``dequantization`` ``uniform`` or ``variational``, the latter over the image
-    ``shape`` with ``num_values`` levels)."""
+    """The flow's ``preprocess`` for data of ``kind`` (``mean``/``scale``, after ``power``'s
+    transform when given, for ``real``; for ``image``, ``dequantization`` ``uniform`` or
+    ``variational``, the latter over the image ``shape`` with ``num_values`` levels)."""
     if kind == "real":
         assert mean is not None and scale is not None, "real data needs its standardization"
-        return Standardize(torch.from_numpy(mean), torch.from_numpy(scale))
+        return Standardize(torch.from_numpy(mean), torch.from_numpy(scale), power)
     if kind == "unit_vector":
         return OnUnitSphere()
     if kind == "image":
@@ -187,16 +192,27 @@ def manifest_preprocessing(
     scale: np.ndarray | None = None,
     num_values: int | None = None,
     dequantization: str = "uniform",
+    power: PowerSpec | None = None,
 ) -> Preprocessing:
     """The manifest's :class:`~flowserve.artifact.Preprocessing` for data of ``kind``."""
     return Preprocessing(
         standardize_mean=None if mean is None else mean.tolist(),
         standardize_scale=None if scale is None else scale.tolist(),
+        power_transform=power_transform_of(power),
         dequantization=dequantization if kind == "image" else None,  # type: ignore[arg-type]
         nan_policy=nan_policy,
         data_kind=kind,
         manifold_tolerance=UNIT_NORM_TOLERANCE if kind == "unit_vector" else None,
         num_values=num_values if kind == "image" else None,
+    )
+
+
+def power_transform_of(power: PowerSpec | None) -> PowerTransform | None:
+    """The manifest's record of ``power`` (None when no column is transformed)."""
+    if power is None or not power.active:
+        return None
+    return PowerTransform(
+        center=power.center.tolist(), spread=power.spread.tolist(), lambdas=power.lambdas.tolist()
     )
 
 

@@ -98,6 +98,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "learned with the flow, which tightens the reported bits/dim bound",
     )
     parser.add_argument(
+        "--power-transform",
+        choices=["auto", "none"],
+        help="real columns: a Yeo-Johnson power transform of the clearly skewed ones before "
+        "standardizing, part of the model (auto, default), or standardize only (none)",
+    )
+    parser.add_argument(
         "--nan-policy",
         choices=["drop", "error"],
         help="rows with NaN/Inf: drop them with a warning (default) or fail",
@@ -130,6 +136,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "strategy",
         "calibration",
         "dequantization",
+        "power_transform",
     ):
         values[key] = getattr(args, key)
     if values["devices"] is not None and values["devices"].isdigit():

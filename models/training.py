@@ -289,6 +289,7 @@ def build_model(config: TrainConfig, prepared: PreparedData) -> Flow:
         kind,
         prepared.mean,
         prepared.scale,
+        power=prepared.power,
         dequantization=config.dequantization,
         shape=hparams.get("shape"),
         num_values=hparams.get("num_values"),
@@ -573,6 +574,7 @@ def export_trained(
                 prepared.scale,
                 prepared.num_values,
                 dequantization=getattr(flow.preprocess, "kind", "uniform"),
+                power=prepared.power,
             ),
             training_config=config_dict,
             torchscript=torchscript,
@@ -726,6 +728,7 @@ def train(
             seed=config.seed,
             source=source,
             data_kind=data_kind_of(config.family),
+            power_transform=config.power_transform,
         )
         out = Path(out)
         if version is not None and (out / name / str(version)).exists():
