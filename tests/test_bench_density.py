@@ -159,3 +159,20 @@ def test_a_starved_run_makes_the_report_warn() -> None:
     assert bench._busy_warning([_run("zuko-maf", 3.7), _run("flowserve", 3.5)]) == []
     warning = bench._busy_warning([_run("zuko-maf", 3.7, share=0.3), _run("flowserve", 3.5)])
     assert warning and "30% of a CPU" in warning[0]
+
+
+def test_bench_power_pairs_the_policies_by_seed() -> None:
+    path = _PATH.parent / "bench_power.py"
+    spec = importlib.util.spec_from_file_location("bench_power", path)
+    assert spec is not None and spec.loader is not None
+    power = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(power)
+    base = {"data": "gmm2", "excess": 0.1, "transformed": 1, "dim": 2, "family": "nsf 4x128"}
+    results = [
+        {**base, "policy": "auto", "seed": 0, "nll": 3.40},
+        {**base, "policy": "none", "seed": 0, "nll": 3.45},
+        {**base, "policy": "auto", "seed": 1, "nll": 3.50},
+        {**base, "policy": "none", "seed": 1, "nll": 3.40},
+    ]
+    row = power.report(results, ["gmm2", "wine"]).splitlines()[-1]
+    assert row.startswith("| gmm2 | 1 of 2 | 3.450 | 3.425 | -0.050, +0.100 |")
