@@ -106,12 +106,10 @@ class Standardize(Transform):
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean).clone())
         self.register_buffer("scale", torch.as_tensor(scale).clone())
-        self.has_power = power is not None and power.active
-        if power is not None and power.active:
-            dtype = self.mean.dtype
-            for name in ("center", "spread", "lambdas"):
-                value = torch.as_tensor(getattr(power, name), dtype=dtype)
-                self.register_buffer(f"power_{name}", value.clone())
+        self.has_power = bool(power is not None and power.active)
+        for name in _POWER if self.has_power else ():
+            value = torch.as_tensor(getattr(power, name), dtype=self.mean.dtype)
+            self.register_buffer(f"power_{name}", value.clone())
 
     def power_spec(self) -> PowerSpec | None:
         """The power transform applied before standardizing (None: none)."""
