@@ -284,19 +284,25 @@ async def infer(request: Request, name: str, version: str | None = None) -> Resp
         wanted = _requested_outputs(payload)
         fpr = _fpr(payload)
         assert mv.model is not None
-        z, log_prob = await state.engine.forward(mv.model, x)
-        folds = None
-        if mv.model.has_score_graph:  # cross-conformal p-values need the fold models' too
-            folds = (await state.engine.score_log_probs(mv.model, x))[1]
+        z, folds = None, None
+        if mv.model.has_score_graph and all(out != "z" for out, _ in wanted):
+            # cross-conformal p-values need the fold models' scores: the score graph alone gives
+            # them and the served log_prob, one graph call
+            log_prob, folds = await state.engine.score_log_probs(mv.model, x)
+        else:
+            z, log_prob = await state.engine.forward(mv.model, x)
+            if mv.model.has_score_graph:
+                folds = (await state.engine.score_log_probs(mv.model, x))[1]
         scored = score_batch(state, mv, log_prob, fpr, folds)  # 422 below 1/(n+1); drift window
         values: dict[str, np.ndarray] = {
             "log_prob": log_prob.astype(np.float32, copy=False),
-            "z": z,
             "score": (-log_prob).astype(np.float32, copy=False),
             "percentile": np.asarray(scored.percentile, dtype=np.float64),
             "is_anomaly": np.asarray(scored.is_anomaly, dtype=bool),
             "p_value": np.asarray(scored.p_value, dtype=np.float64),
         }
+        if z is not None:  # computed when asked for (always, on models without a score graph)
+            values["z"] = z
         state.metrics.rows.labels("v2_infer", mv.name).inc(len(x))
     except ApiError as e:
         status = str(e.status_code)

@@ -117,6 +117,21 @@ def test_every_serving_path_gives_the_same_p_values_and_flags(
     out = {o["name"]: o["data"] for o in v2.json()["outputs"]}
     np.testing.assert_allclose(out["p_value"], direct.p_value, rtol=1e-12)
     assert out["is_anomaly"] == direct.is_anomaly.tolist()
+    # without z among the outputs, the score graph alone answers (one graph call): same numbers
+    calls = _graph_calls(client)
+    tensor = {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+    only = client.post(
+        "/v2/models/moons/infer",
+        json={
+            "inputs": [tensor],
+            "outputs": [{"name": "p_value"}, {"name": "log_prob"}],
+            "parameters": {"fpr": FPR},
+        },
+    ).json()
+    assert _graph_calls(client) == calls + 1
+    got = {o["name"]: o["data"] for o in only["outputs"]}
+    np.testing.assert_allclose(got["p_value"], direct.p_value, rtol=1e-12)
+    np.testing.assert_allclose(got["log_prob"], out["log_prob"], rtol=1e-6)
     names = load_flow_model(directory).manifest.feature_names
     frame = pd.DataFrame(x, columns=names)
     frame.loc[3, names[0]] = np.inf  # a non-finite row is flagged, never scored as normal
@@ -125,6 +140,12 @@ def test_every_serving_path_gives_the_same_p_values_and_flags(
     np.testing.assert_allclose(bulk["p_value"].to_numpy()[keep], direct.p_value[keep])
     assert bulk["is_anomaly"].tolist()[3] is True
     assert bulk["is_anomaly"].to_numpy()[keep].tolist() == direct.is_anomaly[keep].tolist()
+
+
+def _graph_calls(client: TestClient) -> int:
+    """The model's graph executions so far (V2 statistics)."""
+    stats = client.get("/v2/models/moons/stats").json()["model_stats"]
+    return sum(int(m["execution_count"]) for m in stats)
 
 
 def test_models_shows_the_folds(client: TestClient) -> None:
