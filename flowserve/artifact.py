@@ -195,6 +195,13 @@ class Preprocessing(_Strict):
     manifold_tolerance: float | None = None
     num_values: int | None = Field(None, ge=2)
 
+    def power_transformed(self, feature_names: list[str]) -> list[str]:
+        """The features whose power is not the identity (none without a power transform)."""
+        power = self.power_transform
+        if power is None:
+            return []
+        return [name for name, lam in zip(feature_names, power.lambdas, strict=True) if lam != 1.0]
+
     def as_data(self, x: np.ndarray) -> np.ndarray:
         """Decoded rows as data of this kind: images become integer pixels (rounded to the
         cell centre, clipped to ``[0, num_values - 1]``); other kinds are returned as they are."""

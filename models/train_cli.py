@@ -213,6 +213,13 @@ def _run(args: argparse.Namespace) -> int:
         f"train {m['train_nll']:.4f}, {m['epochs']} epochs, "
         f"{m['training_seconds']:.1f} s training"
     )
+    powered = result.manifest.preprocessing.power_transformed(result.manifest.feature_names)
+    if powered:
+        more = f" and {len(powered) - 6} more" if len(powered) > 6 else ""
+        print(
+            f"power transform (Yeo-Johnson) on {len(powered)} of {result.manifest.dim} skewed "
+            f"columns: {', '.join(powered[:6])}{more} (--power-transform none turns it off)"
+        )
     selection = result.config.get("selection")
     if selection:
         ranked = ", ".join(

@@ -43,6 +43,7 @@ def version_info(mv: ModelVersion) -> VersionInfo:
         feature_names=m.feature_names,
         base=m.base.kind,
         data_kind=m.preprocessing.data_kind,
+        power_transformed=m.preprocessing.power_transformed(m.feature_names),
         runtime=mv.model.runtime if mv.model is not None else None,
         metrics=m.metrics.model_dump(exclude_none=True),
         calibration=CalibrationSummary(

@@ -237,6 +237,11 @@ class VersionInfo(BaseModel):
     data_kind: str | None = Field(
         None, description="real, angle, unit_vector or image: which rows the model takes"
     )
+    power_transformed: list[str] | None = Field(
+        None,
+        description="the features the model puts through a Yeo-Johnson power transform before "
+        "standardizing (manifest preprocessing.power_transform); empty when none",
+    )
     runtime: str | None = None
     metrics: dict[str, float | int | str | None] | None = Field(
         None, description="bits_per_dim_kind: which bits/dim (a dequantized bound for images)"

@@ -189,5 +189,7 @@ def test_a_skewed_table_through_train_export_and_serve(tmp_path: Path) -> None:
         z = client.post("/models/skew/encode", json={"inputs": rows[5:].tolist()}).json()["z"]
         back = client.post("/models/skew/decode", json={"inputs": z}).json()["x"]
         np.testing.assert_allclose(back, rows[5:], rtol=1e-3, atol=1e-2)
+        info = client.get("/models/skew/versions/1").json()
+        assert info["power_transformed"] == ["latency_ms", "uptime"]  # not the Gaussian temp
         samples = np.array(client.post("/models/skew/sample", json={"n": 200}).json()["samples"])
         assert np.isfinite(samples).all() and np.median(samples[:, 0]) > 0
