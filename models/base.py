@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from flowserve.models.hparams import canonical_hparams
-from flowserve.models.power import PowerSpec, yeo_johnson, yeo_johnson_inverse
+from flowserve.models.power import POWER_FIELDS, PowerSpec, yeo_johnson, yeo_johnson_inverse
 
 __all__ = [
     "FAMILIES",
@@ -107,7 +107,7 @@ class Standardize(Transform):
         self.register_buffer("mean", torch.as_tensor(mean).clone())
         self.register_buffer("scale", torch.as_tensor(scale).clone())
         self.has_power = bool(power is not None and power.active)
-        for name in _POWER if self.has_power else ():
+        for name in POWER_FIELDS if self.has_power else ():
             value = torch.as_tensor(getattr(power, name), dtype=self.mean.dtype)
             self.register_buffer(f"power_{name}", value.clone())
 
@@ -116,7 +116,7 @@ class Standardize(Transform):
         if not self.has_power:
             return None
         return PowerSpec(
-            *(getattr(self, f"power_{n}").detach().cpu().double().numpy() for n in _POWER)
+            *(getattr(self, f"power_{n}").detach().cpu().double().numpy() for n in POWER_FIELDS)
         )
 
     def per_feature(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -143,9 +143,6 @@ class Standardize(Transform):
             x = u * self.power_spread + self.power_center
             ld = ld + part.sum(dim=1) + torch.log(self.power_spread).sum()
         return x, ld
-
-
-_POWER = ("center", "spread", "lambdas")
 
 
 class StandardNormal(nn.Module):

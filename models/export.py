@@ -53,7 +53,6 @@ from flowserve.artifact import (
     Manifest,
     Metrics,
     Parity,
-    PowerTransform,
     Preprocessing,
     roundtrip_error,
     sha256_file,
@@ -65,6 +64,7 @@ from flowserve.models import export_gate as gate
 from flowserve.models.base import Flow, Standardize
 from flowserve.models.chain_rule import export_chain_rule
 from flowserve.models.optimize import optimize_graph
+from flowserve.models.power import POWER_FIELDS
 from flowserve.models.preprocess import power_transform_of
 from flowserve.models.score_graph import export_score_graph
 from flowserve.parity import (
@@ -274,22 +274,21 @@ def _applied_preprocessing(flow: Flow) -> Preprocessing:
     )
 
 
-def _lists(power: PowerTransform | None) -> dict[str, list[float] | None]:
-    return {
-        f"power_transform.{name}": None if power is None else getattr(power, name)
-        for name in ("center", "spread", "lambdas")
-    }
+def _checked_fields(pre: Preprocessing) -> dict[str, list[float] | None]:
+    """The numbers of ``pre`` that the graphs apply, by field name."""
+    power = pre.power_transform
+    fields = {f: getattr(pre, f) for f in ("standardize_mean", "standardize_scale")}
+    for name in POWER_FIELDS:
+        fields[f"power_transform.{name}"] = None if power is None else getattr(power, name)
+    return fields
 
 
 def _preprocessing(applied: Preprocessing, given: Preprocessing | None) -> Preprocessing:
     """The manifest's preprocessing: ``given``, checked against what the graphs really apply."""
     if given is None:
         return applied
-    claims = {f: getattr(given, f) for f in ("standardize_mean", "standardize_scale")}
-    actuals = {f: getattr(applied, f) for f in ("standardize_mean", "standardize_scale")}
-    claims.update(_lists(given.power_transform))
-    actuals.update(_lists(applied.power_transform))
-    for field, claimed in claims.items():
+    actuals = _checked_fields(applied)
+    for field, claimed in _checked_fields(given).items():
         actual = actuals[field]
         # The graphs take raw rows: a standardization the flow does not apply would be a lie.
         if (claimed is None) != (actual is None) or (

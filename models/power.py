@@ -31,6 +31,7 @@ __all__ = [
     "FIT_ROWS",
     "LAMBDA_STEP",
     "LR_THRESHOLD",
+    "POWER_FIELDS",
     "PowerSpec",
     "fit_yeo_johnson",
     "yeo_johnson",
@@ -44,6 +45,9 @@ FIT_ROWS = 5000
 # beats the identity clearly, so near-Gaussian and multimodal columns are left as they are.
 LR_THRESHOLD = 10.83
 _GRID = np.round(np.arange(0.0, 2.0 + LAMBDA_STEP / 2, LAMBDA_STEP), 10)
+_IDENTITY = int(np.flatnonzero(_GRID == 1.0)[0])
+# The per-column arrays of a PowerSpec (and of the manifest's PowerTransform), in order.
+POWER_FIELDS = ("center", "spread", "lambdas")
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ def fit_yeo_johnson(train: np.ndarray, max_rows: int = FIT_ROWS) -> PowerSpec:
         u = u[np.sort(np.random.default_rng(0).choice(len(u), max_rows, replace=False))]
     scores = np.stack([_profile_log_lik(u, lam) for lam in _GRID])  # [grid, columns]
     best = scores.argmax(axis=0)
-    gain = 2.0 * (scores.max(axis=0) - _profile_log_lik(u, 1.0))
+    gain = 2.0 * (scores.max(axis=0) - scores[_IDENTITY])
     lambdas = np.where(gain > LR_THRESHOLD, _GRID[best], 1.0)
     return PowerSpec(center, spread, lambdas)
 

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from flowserve.artifact import UNIT_NORM_TOLERANCE, DataKind, PowerTransform, Preprocessing
 from flowserve.models.base import Flow, Standardize, Transform
-from flowserve.models.power import PowerSpec
+from flowserve.models.power import POWER_FIELDS, PowerSpec
 
 __all__ = [
     "FAMILY_DATA_KINDS",
@@ -211,9 +211,7 @@ def power_transform_of(power: PowerSpec | None) -> PowerTransform | None:
     """The manifest's record of ``power`` (None when no column is transformed)."""
     if power is None or not power.active:
         return None
-    return PowerTransform(
-        center=power.center.tolist(), spread=power.spread.tolist(), lambdas=power.lambdas.tolist()
-    )
+    return PowerTransform(**{name: getattr(power, name).tolist() for name in POWER_FIELDS})
 
 
 def image_shape(dim: int) -> list[int]:
