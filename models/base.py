@@ -264,6 +264,7 @@ FAMILY_MODULES = (
     "autoregressive",
     "continuous",
     "coupling",
+    "gaussian",
     "glow",
     "image",
     "manifold",

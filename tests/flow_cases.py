@@ -17,6 +17,7 @@ from flowserve.models.preprocess import data_kind_of
 
 # family -> tiny hyper-parameters (without dim)
 VECTOR_FAMILIES: dict[str, dict[str, Any]] = {
+    "gaussian": {},
     "planar": {"layers": 4},
     "radial": {"layers": 4},
     "nice": {"layers": 4, "hidden": 16},
