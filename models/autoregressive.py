@@ -89,8 +89,17 @@ class MaskedAutoregressiveTransform(Transform):
             x = self.squash * torch.tanh(x / self.squash)
         return self.made(x)
 
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """Each feature's 1-based position in the autoregressive order."""
+        return tuple(int(r) for r in self.made.order.tolist())
+
+    def per_feature(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, log|dz_i/dx_i|)`` per feature, ``[batch, dim]`` each (the Jacobian's diagonal)."""
+        return self.univariate(x, self._params(x))
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z, ld = self.univariate(x, self._params(x))
+        z, ld = self.per_feature(x)
         return z, ld.sum(dim=-1)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,8 +1,9 @@
 """Exact chain-rule decompositions of a flow's density, where the flow has one, as an ONNX graph.
 
 A flow whose map from data to latent is triangular in one variable order (every layer an
-autoregressive transform with the *same* order, an element-wise preprocessing, a standard normal
-base) factorizes its density exactly in that order:
+autoregressive transform with the *same* order, or the Gaussian's lower-triangular map, after an
+element-wise preprocessing, with a standard normal base) factorizes its density exactly in that
+order:
 
     log p(x) = sum_i log p(x_i | x_j for j before i),
     log p(x_i | ...) = log N(z_i) + sum over layers of log|dz_i / dx_i| (+ the preprocessing's).
@@ -23,6 +24,9 @@ Example:
     [0, 1, 2]
     >>> chain_rule_order(build_maf(3, layers=2, hidden=8)) is None  # orders alternate
     True
+    >>> from flowserve.models.gaussian import build_gaussian
+    >>> chain_rule_order(build_gaussian(3))
+    [0, 1, 2]
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from torch import Tensor, nn
 from flowserve.artifact import CHAIN_RULE_GRAPH
 from flowserve.models.autoregressive import MaskedAutoregressiveTransform
 from flowserve.models.base import Chain, Flow, Standardize, StandardNormal
+from flowserve.models.gaussian import LowerAffine
 
 __all__ = ["ChainRuleGraph", "chain_rule_order", "export_chain_rule"]
 
@@ -45,10 +50,16 @@ log = logging.getLogger(__name__)
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _layers(flow: Flow) -> list[MaskedAutoregressiveTransform] | None:
+# Layers with a triangular Jacobian: ``ranks`` (each feature's 1-based place in the order) and
+# ``per_feature(x) -> (z, log|dz_i/dx_i| [batch, dim])``.
+TRIANGULAR = (MaskedAutoregressiveTransform, LowerAffine)
+Triangular = MaskedAutoregressiveTransform | LowerAffine
+
+
+def _layers(flow: Flow) -> list[Triangular] | None:
     t = flow.transform
     layers = list(t.transforms) if isinstance(t, Chain) else [t]
-    if not layers or not all(type(x) is MaskedAutoregressiveTransform for x in layers):
+    if not layers or not all(type(x) in TRIANGULAR for x in layers):
         return None
     return layers  # type: ignore[return-value]
 
@@ -63,7 +74,7 @@ def chain_rule_order(flow: Flow) -> list[int] | None:
         return None
     if flow.preprocess is not None and not isinstance(flow.preprocess, Standardize):
         return None
-    orders = [tuple(layer.made.order.tolist()) for layer in layers]
+    orders = [layer.ranks for layer in layers]
     if any(o != orders[0] for o in orders):
         return None
     # order[j] is feature j's rank (1-based): conditioning order = features sorted by rank
@@ -86,7 +97,7 @@ class ChainRuleGraph(nn.Module):
         if isinstance(self.preprocess, Standardize):
             x, ld = self.preprocess.per_feature(x)
         for layer in self.layers:
-            x, part = layer.univariate(x, layer._params(x))
+            x, part = layer.per_feature(x)
             ld = ld + part
         return -0.5 * x * x - 0.5 * _LOG_2PI + ld
 

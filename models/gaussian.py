@@ -95,12 +95,22 @@ class LowerAffine(Transform):
         self.shift.copy_((-(weight @ x.double().mean(dim=0))).float())
         self.initialized.fill_(True)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """Each feature's 1-based position in the (column) order ``W`` is triangular in."""
+        return tuple(range(1, len(self.log_diag) + 1))
+
+    def per_feature(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, log|dz_i/dx_i|)`` per feature, ``[batch, dim]`` each (the diagonal of ``W``)."""
         # Python-level flags first: export and evaluation never read the buffer's value.
         if self.training and torch.is_grad_enabled() and not bool(self.initialized):
             self._initialize(x)
         z = x @ self.weight().T + self.shift
-        return z, self.log_diag.sum().expand(x.shape[0])
+        return z, self.log_diag.expand_as(z)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z, ld = self.per_feature(x)
+        return z, ld.sum(dim=-1)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         # Solve W x = z - b one column at a time: x_i = rhs_i / W_ii, then take column i's

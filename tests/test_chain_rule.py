@@ -73,6 +73,34 @@ def test_terms_are_normalized_conditionals_summing_to_log_prob() -> None:
         torch.testing.assert_close(graph(moved)[:, 2], terms[:, 2])
 
 
+def test_gaussian_terms_are_its_exact_conditionals() -> None:
+    """The Gaussian's map is lower triangular: its terms are log p(x_0), log p(x_1 | x_0), ...;
+    the first k sum to the exact marginal of the first k features (in data units)."""
+    from flowserve.models.gaussian import build_gaussian
+
+    torch.manual_seed(0)
+    flow = build_gaussian(3).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.4 * torch.randn_like(p))
+    flow.set_preprocess(Standardize(torch.tensor(MEAN), torch.tensor(SCALE))).eval()
+    assert chain_rule_order(flow) == [0, 1, 2]
+    x = torch.from_numpy(MEAN + SCALE * np.random.default_rng(0).normal(size=(32, 3)))
+    layer = flow.transform
+    weight = layer.weight()
+    with torch.no_grad():
+        terms = ChainRuleGraph(flow).eval()(x)
+        torch.testing.assert_close(terms.sum(1), flow.log_prob(x))
+        # in standardized units y ~ N(-W^-1 b, (W^T W)^-1); x = mean + scale * y
+        cov = torch.linalg.inv(weight.T @ weight)
+        mu = -torch.linalg.solve(weight, layer.shift)
+        y = (x - torch.tensor(MEAN)) / torch.tensor(SCALE)
+        for k in (1, 2, 3):
+            marginal = torch.distributions.MultivariateNormal(mu[:k], cov[:k, :k])
+            expected = marginal.log_prob(y[:, :k]) - torch.log(torch.tensor(SCALE[:k])).sum()
+            torch.testing.assert_close(terms[:, :k].sum(1), expected)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Path]]:
     root = tmp_path_factory.mktemp("models")
