@@ -444,7 +444,8 @@ def flowserve_estimator(budget: float, seed: int) -> Any:
 def _family_label(est: Any, leaderboard: list[dict[str, Any]] | None) -> str:
     hp = getattr(est.flow_, "hparams", {}) or {}
     family = getattr(est, "family_", None) or getattr(est.flow_, "family", "?")
-    label = f"{family} {hp.get('layers', '?')}x{hp.get('hidden', '?')}"
+    sized = "layers" in hp or "hidden" in hp  # the Gaussian has no size
+    label = f"{family} {hp.get('layers', '?')}x{hp.get('hidden', '?')}" if sized else family
     if leaderboard:
         label += f" (of {len(leaderboard)})"
     return label

@@ -56,7 +56,7 @@ class LowerAffine(Transform):
     that batch (its OAS covariance, see :func:`oas_covariance`), as Glow's actnorm does for its
     scales; the ``initialized`` buffer keeps a loaded or exported model from re-initializing. The
     inverse is a forward substitution written as a fixed loop over the features (ONNX has no
-    triangular solve).
+    triangular solve). Both directions compute in float64 whatever the input's dtype.
 
     Arguments:
         dim: The number of features.
@@ -105,8 +105,11 @@ class LowerAffine(Transform):
         # Python-level flags first: export and evaluation never read the buffer's value.
         if self.training and torch.is_grad_enabled() and not bool(self.initialized):
             self._initialize(x)
-        z = x @ self.weight().T + self.shift
-        return z, self.log_diag.expand_as(z)
+        # In float64 inside (two casts in the graph): whitening nearly collinear columns (a
+        # radius, its perimeter and its area) gives W entries in the hundreds, and float32
+        # sums of such terms lose the digits that the inverse needs back.
+        z = x.double() @ self.weight().double().T + self.shift.double()
+        return z.to(x.dtype), self.log_diag.expand_as(x)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         z, ld = self.per_feature(x)
@@ -115,14 +118,15 @@ class LowerAffine(Transform):
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         # Solve W x = z - b one column at a time: x_i = rhs_i / W_ii, then take column i's
         # contribution off the rows below.
-        rhs = z - self.shift
-        lower, diag = self._strict_lower(), torch.exp(self.log_diag)
+        rhs = z.double() - self.shift.double()
+        lower, diag = self._strict_lower().double(), torch.exp(self.log_diag.double())
         cols: list[Tensor] = []
         for i in range(z.shape[1]):
             x = rhs[:, i : i + 1] / diag[i]
             cols.append(x)
             rhs = rhs - x * lower[:, i]
-        return torch.cat(cols, dim=1), -self.log_diag.sum().expand(z.shape[0])
+        x = torch.cat(cols, dim=1).to(z.dtype)
+        return x, -self.log_diag.sum().expand(z.shape[0])
 
 
 @register_family("gaussian")

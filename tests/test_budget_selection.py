@@ -162,6 +162,25 @@ def test_auto_races_candidates_and_is_reproducible_by_seed(tmp_path: Path) -> No
         assert key in board[0]
 
 
+def test_the_gaussian_races_and_wins_on_gaussian_rows(tmp_path: Path) -> None:
+    """On a small correlated Gaussian table the full-covariance Gaussian is the right model: it
+    reaches the lowest validation NLL of the race, against flows that can only overfit."""
+    from flowserve.models.data import prepare_data
+    from flowserve.models.selection import Candidate, race
+
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(5, 5))
+    prepared = prepare_data(rng.normal(size=(240, 5)) @ mixing, seed=0)
+    pool = [Candidate("gaussian", 0, 0), Candidate("maf", 2, 16), Candidate("realnvp", 2, 16)]
+    config = resolve_config({}, {"epochs": 40})
+    result = race(prepared, config, tmp_path, seconds=None, pool=pool)
+    board = result.leaderboard
+    assert board[0]["family"] == "gaussian" and board[0]["result"] == "chosen"
+    assert (board[0]["layers"], board[0]["hidden"]) == (0, 0)
+    assert result.config.family == "gaussian" and result.config.layers is None
+    assert board[0]["val_nll"] < min(e["val_nll"] for e in board[1:])
+
+
 def test_auto_writes_the_leaderboard_into_the_manifest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -191,3 +191,27 @@ def test_extreme_latents_decode_finite(family: str) -> None:
     with torch.no_grad():
         x = flow.decode(z)
     assert not torch.isnan(x).any()
+
+
+def test_gaussian_round_trips_nearly_collinear_columns_in_float32() -> None:
+    """A radius, its perimeter and its area (breast_cancer's columns) whiten to entries of W in
+    the hundreds (here about 90); the map computes in float64 inside, so float32 rows still come back."""
+    gen = torch.Generator().manual_seed(0)
+    radius = 1.0 + 0.1 * torch.randn(400, 1, generator=gen)
+    noise = 1e-3 * torch.randn(400, 3, generator=gen)
+    rows = torch.cat([radius, 2 * math.pi * radius, math.pi * radius**2], dim=1) + noise
+    rows = (rows - rows.mean(0)) / rows.std(0)
+    flow = build_flow("gaussian", dim=3).eval()
+    layer = flow.transform
+    # where maximum likelihood takes it: whitening by the sample covariance, unshrunk
+    cholesky = torch.linalg.cholesky(torch.cov(rows.T.double()))
+    weight = torch.linalg.inv(cholesky)
+    with torch.no_grad():
+        layer.log_diag.copy_(torch.log(weight.diagonal()))
+        layer.lower.copy_(weight.tril(-1))
+        layer.shift.copy_(-(weight @ rows.double().mean(0)))
+    assert float(layer.weight().abs().max()) > 50  # badly conditioned on purpose
+    with torch.no_grad():
+        back = flow.decode(flow.encode(rows))
+    assert back.dtype == torch.float32
+    assert float((back - rows).abs().max()) < 1e-5
