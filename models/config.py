@@ -162,11 +162,13 @@ class TrainConfig(BaseModel):
 
     def batch_size_for(self, rows: int) -> int:
         """``batch_size`` if set, else about 1/16 of the training rows as a power of two in
-        [32, 512]: small tables get enough steps per epoch, large ones efficient batches."""
+        [32, 256]: small tables get enough steps per epoch, large ones efficient batches. (Under
+        a time budget more, smaller steps beat fewer, larger ones: 256 rather than 512 on gmm16's
+        16,000 rows at 60 s, maf 5x128 18.635 -> 18.610 nats, nsf_ar 5x128 18.663 -> 18.579.)"""
         if self.batch_size is not None:
             return self.batch_size
         target = max(rows, 1) / 16
-        return int(min(512, max(32, 2 ** round(math.log2(max(target, 1.0))))))
+        return int(min(256, max(32, 2 ** round(math.log2(max(target, 1.0))))))
 
 
 _KEYS = set(TrainConfig.model_fields)

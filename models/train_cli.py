@@ -223,7 +223,7 @@ def _run(args: argparse.Namespace) -> int:
     selection = result.config.get("selection")
     if selection:
         ranked = ", ".join(
-            f"{e['family']}-{e['layers']}x{e['hidden']} {e['val_nll']:.3f}"
+            f"{e['label']} {e['val_nll']:.3f}"
             for e in selection["leaderboard"]
             if e["val_nll"] is not None
         )

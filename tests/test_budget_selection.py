@@ -122,7 +122,7 @@ def test_config_validates_budget_threads_and_calibration() -> None:
     config = resolve_config({}, {})
     assert config.family == "auto" and config.max_epochs == 100
     assert resolve_config({}, {"time_budget": 5}).max_epochs == 100_000
-    assert config.batch_size_for(100) == 32 and config.batch_size_for(1_000_000) == 512
+    assert config.batch_size_for(100) == 32 and config.batch_size_for(1_000_000) == 256
 
 
 def test_small_tables_get_a_larger_validation_split() -> None:

@@ -194,8 +194,8 @@ def test_extreme_latents_decode_finite(family: str) -> None:
 
 
 def test_gaussian_round_trips_nearly_collinear_columns_in_float32() -> None:
-    """A radius, its perimeter and its area (breast_cancer's columns) whiten to entries of W in
-    the hundreds (here about 90); the map computes in float64 inside, so float32 rows still come back."""
+    """A radius, its perimeter and its area (breast_cancer's columns) whiten to large entries
+    of W (about 90 here); the map computes in float64 inside, and float32 rows come back."""
     gen = torch.Generator().manual_seed(0)
     radius = 1.0 + 0.1 * torch.randn(400, 1, generator=gen)
     noise = 1e-3 * torch.randn(400, 3, generator=gen)
