@@ -441,11 +441,13 @@ def flowserve_estimator(budget: float, seed: int) -> Any:
     return FlowDensityEstimator(time_budget=budget, n_threads=1, seed=seed, progress=False)
 
 
-def _family_label(est: Any, leaderboard: list[dict[str, Any]] | None) -> str:
-    hp = getattr(est.flow_, "hparams", {}) or {}
-    family = getattr(est, "family_", None) or getattr(est.flow_, "family", "?")
-    sized = "layers" in hp or "hidden" in hp  # the Gaussian has no size
-    label = f"{family} {hp.get('layers', '?')}x{hp.get('hidden', '?')}" if sized else family
+def _family_label(
+    family: str, hparams: dict[str, Any], leaderboard: list[dict[str, Any]] | None
+) -> str:
+    """``maf 5x128 (of 8)``: the family, its size (the Gaussian has none) and the race's field."""
+    sized = "layers" in hparams or "hidden" in hparams
+    label = f"{family} {hparams.get('layers', '?')}x{hparams.get('hidden', '?')}"
+    label = label if sized else family
     if leaderboard:
         label += f" (of {len(leaderboard)})"
     return label
@@ -465,7 +467,11 @@ def _run_estimator(data: DataSet, budget: float, seed: int) -> tuple[np.ndarray,
         seconds=seconds,
         cpu_seconds=cpu_seconds,
         params=sum(p.numel() for p in est.flow_.parameters()),
-        family=_family_label(est, leaderboard),
+        family=_family_label(
+            getattr(est, "family_", None) or getattr(est.flow_, "family", "?"),
+            getattr(est.flow_, "hparams", {}) or {},
+            leaderboard,
+        ),
         leaderboard=[_plain(row) for row in leaderboard or []],
     )
     return est.score_samples(data.test).astype(np.float64), result
@@ -505,9 +511,7 @@ def _run_cli(data: DataSet, budget: float, seed: int) -> tuple[np.ndarray, RunRe
         log_prob = OnnxFlowModel(artifact).log_prob(data.test.astype(np.float32))
         hp = manifest.get("hyperparameters", {})
         board = manifest.get("training_config", {}).get("selection", {}).get("leaderboard")
-        family = f"{manifest['family']} {hp.get('layers', '?')}x{hp.get('hidden', '?')}"
-        if board:
-            family += f" (of {len(board)})"
+        family = _family_label(manifest["family"], hp, board)
         note = f"{seconds - budget:+.1f} s over the budget (start-up and export included)"
         said = re.search(r"([0-9.]+) s training", proc.stdout)
         if said:
