@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -52,8 +53,8 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 # Layers with a triangular Jacobian: ``ranks`` (each feature's 1-based place in the order) and
 # ``per_feature(x) -> (z, log|dz_i/dx_i| [batch, dim])``.
-TRIANGULAR = (MaskedAutoregressiveTransform, LowerAffine)
 Triangular = MaskedAutoregressiveTransform | LowerAffine
+TRIANGULAR = get_args(Triangular)
 
 
 def _layers(flow: Flow) -> list[Triangular] | None:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from flowserve.models.base import Flow, StandardNormal, Transform, register_family
+from flowserve.models.glow import substitute
 
 __all__ = ["LowerAffine", "build_gaussian", "oas_covariance"]
 
@@ -55,8 +56,8 @@ class LowerAffine(Transform):
     The first ``forward`` in training mode with gradients enabled sets ``W`` and ``b`` to whiten
     that batch (its OAS covariance, see :func:`oas_covariance`), as Glow's actnorm does for its
     scales; the ``initialized`` buffer keeps a loaded or exported model from re-initializing. The
-    inverse is a forward substitution written as a fixed loop over the features (ONNX has no
-    triangular solve). Both directions compute in float64 whatever the input's dtype.
+    inverse is a forward substitution (:func:`~flowserve.models.glow.substitute`, as Glow's
+    LU map inverts). Both directions compute in float64 whatever the input's dtype.
 
     Arguments:
         dim: The number of features.
@@ -86,9 +87,8 @@ class LowerAffine(Transform):
         if x.shape[0] < 2:  # one row has no covariance: stay the identity
             return
         cov = oas_covariance(x)
-        cov = cov + 1e-9 * torch.trace(cov) / len(cov) * torch.eye(len(cov), dtype=cov.dtype)
-        cholesky = torch.linalg.cholesky(cov)
-        eye = torch.eye(len(cov), dtype=cov.dtype)
+        eye = self.eye.double()
+        cholesky = torch.linalg.cholesky(cov + 1e-9 * torch.trace(cov) / len(cov) * eye)
         weight = torch.linalg.solve_triangular(cholesky, eye, upper=False)
         self.log_diag.copy_(torch.log(weight.diagonal()).float())
         self.lower.copy_(weight.tril(-1).float())
@@ -116,17 +116,9 @@ class LowerAffine(Transform):
         return z, ld.sum(dim=-1)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        # Solve W x = z - b one column at a time: x_i = rhs_i / W_ii, then take column i's
-        # contribution off the rows below.
         rhs = z.double() - self.shift.double()
-        lower, diag = self._strict_lower().double(), torch.exp(self.log_diag.double())
-        cols: list[Tensor] = []
-        for i in range(z.shape[1]):
-            x = rhs[:, i : i + 1] / diag[i]
-            cols.append(x)
-            rhs = rhs - x * lower[:, i]
-        x = torch.cat(cols, dim=1).to(z.dtype)
-        return x, -self.log_diag.sum().expand(z.shape[0])
+        x = substitute(rhs, self._strict_lower().double(), torch.exp(self.log_diag.double()))
+        return x.to(z.dtype), -self.log_diag.sum().expand(z.shape[0])
 
 
 @register_family("gaussian")

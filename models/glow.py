@@ -16,7 +16,24 @@ from flowserve.models.coupling import AffineCoupling, check_coupling_dim, checke
 from flowserve.models.elementwise import ElementwiseAffine, Unconditional
 from flowserve.models.nets import layer_scale_bound
 
-__all__ = ["ActNorm", "LULinear", "build_glow"]
+__all__ = ["ActNorm", "LULinear", "build_glow", "substitute"]
+
+
+def substitute(
+    rhs: Tensor, strict: Tensor, diag: Tensor | None = None, upper: bool = False
+) -> Tensor:
+    """Each row ``x`` of the solution of ``T x = rhs_row`` for triangular ``T`` = ``strict``
+    (its strictly lower, or with ``upper`` strictly upper, part) plus ``diag`` on the diagonal
+    (``None``: ones). A fixed loop over the features that solves one column at a time and takes
+    its contribution off the rest: only slicing, products and sums, so it traces and exports to
+    ONNX, which has no triangular solve."""
+    dim = rhs.shape[1]
+    cols: list[Tensor] = [rhs[:, :0]] * dim
+    for i in reversed(range(dim)) if upper else range(dim):
+        x = rhs[:, i : i + 1] if diag is None else rhs[:, i : i + 1] / diag[i]
+        cols[i] = x
+        rhs = rhs - x * strict[:, i]
+    return torch.cat(cols, dim=1)
 
 
 class ActNorm(Unconditional):
@@ -124,24 +141,9 @@ class LULinear(Transform):
         return x @ self.weight().T, self.log_diag.sum().expand(x.shape[0])
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        # Row form: x = z P (L U)^-T, i.e. solve L v = P^T z, then U x = v, column by column.
-        # Each step subtracts the solved column's contribution from the remaining right-hand side.
-        dim = z.shape[1]
-        rhs = z @ self.perm
-        lower = self._strict_lower()
-        cols: list[Tensor] = []
-        for i in range(dim):
-            v = rhs[:, i : i + 1]
-            cols.append(v)
-            rhs = rhs - v * lower[:, i]
-        rhs = torch.cat(cols, dim=1)
-        upper, diag = self._strict_upper(), self._diag()
-        out: list[Tensor] = []
-        for i in reversed(range(dim)):
-            x = rhs[:, i : i + 1] / diag[i]
-            out.append(x)
-            rhs = rhs - x * upper[:, i]
-        x = torch.cat(out[::-1], dim=1)
+        # Row form: x = z P (L U)^-T, i.e. solve L v = P^T z, then U x = v.
+        v = substitute(z @ self.perm, self._strict_lower())
+        x = substitute(v, self._strict_upper(), self._diag(), upper=True)
         return x, -self.log_diag.sum().expand(z.shape[0])
 
 
